@@ -1,0 +1,175 @@
+//! A step's real binary as a child process: started on port 0, ready once it prints
+//! `listening on ADDR`, stopped by real signals, its stderr kept for tests to search.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::{TIMEOUT, human};
+
+/// How long a graceful shutdown of the real binary may take before the test calls it stuck.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server binary.
+#[derive(Debug)]
+pub struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    stderr: mpsc::UnboundedReceiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Binary {
+    /// Starts `path 127.0.0.1:0 [extra args]` and waits for its readiness line.
+    /// `path` is usually `env!("CARGO_BIN_EXE_step-NN")`.
+    pub async fn start(path: &str, extra_args: &[&str]) -> Binary {
+        let mut command = Command::new(path);
+        command.arg("127.0.0.1:0").args(extra_args);
+        Binary::start_command(command).await
+    }
+
+    /// Starts the binary under a shell that first lowers the open-file limit to `limit`, so
+    /// `accept` fails with EMFILE once that many descriptors are open.
+    pub async fn start_with_fd_limit(path: &str, limit: u32) -> Binary {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("ulimit -n {limit} && exec \"$0\" 127.0.0.1:0"),
+            path,
+        ]);
+        Binary::start_command(command).await
+    }
+
+    /// Starts a prepared command whose program prints `listening on ADDR` when ready.
+    pub async fn start_command(mut command: Command) -> Binary {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start the server binary {command:?}: {e}"));
+
+        // Keep draining stderr in the background: a server whose stderr pipe fills up blocks.
+        let (tx, stderr) = mpsc::unbounded_channel();
+        let err = child.stderr.take().expect("stderr was piped above");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let out = child.stdout.take().expect("stdout was piped above");
+        let mut out = BufReader::new(out).lines();
+        let first = tokio::time::timeout(TIMEOUT, out.next_line()).await;
+        let addr = match first {
+            Ok(Ok(Some(line))) => line
+                .strip_prefix("listening on ")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!("the server's first line should be `listening on ADDR`, got `{line}`")
+                }),
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                panic!("the server exited or closed stdout before printing `listening on ADDR`")
+            }
+            Err(_) => panic!(
+                "the server did not print `listening on ADDR` within {}",
+                human(TIMEOUT)
+            ),
+        };
+        // Anything else on stdout is drained so the server never blocks writing it.
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+
+        Binary {
+            child,
+            addr,
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// The address the server reported in its readiness line.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends a signal (`libc::SIGINT`, `libc::SIGTERM`) to the server process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self
+            .child
+            .id()
+            .expect("the server process has not been waited for, so it has a pid");
+        let pid = libc::pid_t::try_from(pid).expect("pids fit in pid_t");
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    pub fn interrupt(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    /// Waits for the process to exit and returns its status; fails the test if it is still
+    /// running after the deadline (and kills it).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        self.wait_exit_within(EXIT_TIMEOUT).await
+    }
+
+    /// [`Binary::wait_exit`] with an explicit deadline.
+    pub async fn wait_exit_within(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for the server process failed: {e}"),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                panic!(
+                    "the server was still running {} after it was asked to stop\nits stderr:\n{}",
+                    human(limit),
+                    self.stderr_so_far().join("\n")
+                );
+            }
+        }
+    }
+
+    /// Waits until the server writes a stderr line containing `needle` and returns that line.
+    pub async fn expect_stderr(&mut self, needle: &str) -> String {
+        if let Some(line) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
+                Ok(Some(line)) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Ok(None) | Err(_) => panic!(
+                    "the server never logged a line containing `{needle}` (within {}); \
+                     its stderr:\n{}",
+                    human(TIMEOUT),
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every stderr line received so far.
+    pub fn stderr_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        &self.stderr_seen
+    }
+}

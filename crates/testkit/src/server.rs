@@ -1,0 +1,105 @@
+//! A server running in-process: the step's own `run` function on a port-0 loopback listener,
+//! with a shutdown trigger the test controls.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::human;
+
+/// How long a graceful shutdown may take in-process before the test calls it stuck.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shutdown trigger handed to a step's `run`: completes when the test asks the server to
+/// shut down, or when the [`Server`] handle is dropped.
+#[derive(Debug)]
+pub struct Shutdown(oneshot::Receiver<()>);
+
+impl Future for Shutdown {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // A dropped sender counts as "shut down" too: a test that forgets its server stops it.
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// A running in-process server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    trigger: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), String>>,
+}
+
+/// Binds `127.0.0.1:0` and spawns `run(listener, shutdown)`, the entry point every step's
+/// library exports.
+pub async fn start<F, Fut, E>(run: F) -> Server
+where
+    F: FnOnce(TcpListener, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display,
+{
+    // Binding port 0 on loopback only fails if the machine has no loopback interface at all.
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding 127.0.0.1:0 for the server under test");
+    let addr = listener
+        .local_addr()
+        .expect("reading the address of a bound listener");
+    let (trigger, rx) = oneshot::channel();
+    let served = run(listener, Shutdown(rx));
+    let task = tokio::spawn(async move { served.await.map_err(|e| e.to_string()) });
+    Server {
+        addr,
+        trigger: Some(trigger),
+        task,
+    }
+}
+
+impl Server {
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Asks the server to shut down, without waiting for it.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(trigger) = self.trigger.take() {
+            // The server may already have stopped listening for it; that is not our concern.
+            let _ = trigger.send(());
+        }
+    }
+
+    /// Asks the server to shut down and waits until its `run` returns `Ok`.
+    pub async fn shutdown(mut self) {
+        self.trigger_shutdown();
+        self.finished().await;
+    }
+
+    /// Waits until the server's `run` returns, and fails the test unless it returned `Ok`
+    /// within the shutdown deadline.
+    pub async fn finished(self) {
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.task).await {
+            Err(_) => panic!(
+                "the server did not finish within {} after shutdown was triggered",
+                human(SHUTDOWN_TIMEOUT)
+            ),
+            Ok(Err(join)) => panic!("the server task panicked: {join}"),
+            Ok(Ok(Err(e))) => panic!("the server returned an error: {e}"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+
+    /// Whether `run` has returned (for tests that check it keeps running).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
