@@ -113,9 +113,9 @@ pub async fn serves_many_clients_at_once(addr: SocketAddr, clients: usize) {
     for i in 0..clients {
         all.push(Client::login(addr, &format!("c{i}")).await);
     }
-    for i in 0..clients {
+    for (i, client) in all.iter_mut().enumerate() {
         let to = (i + 1) % clients;
-        all[i].send(&format!("c{to}: hi from {i}")).await;
+        client.send(&format!("c{to}: hi from {i}")).await;
     }
     for (i, client) in all.iter_mut().enumerate() {
         let from = (i + clients - 1) % clients;
