@@ -1,0 +1,186 @@
+//! What the tool reads from and does to the operating system: the server's CPU time and memory
+//! from `/proc`, SIGINT, the open-file limit, the kernel's listen-queue counters.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// A server process watched through `/proc/PID`.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pid: u32,
+}
+
+/// One reading of the server's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// User plus system CPU time so far.
+    pub cpu: Duration,
+    /// Resident memory now (VmRSS), in KiB.
+    pub rss_kib: u64,
+    /// Peak resident memory (VmHWM), in KiB.
+    pub hwm_kib: u64,
+}
+
+impl Probe {
+    /// Watches `pid`; fails if there is no such process.
+    pub fn new(pid: u32) -> Result<Probe, Error> {
+        let probe = Probe { pid };
+        probe
+            .sample()
+            .map_err(|e| format!("cannot read the server process {pid} in /proc: {e}"))?;
+        Ok(probe)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Reads CPU time and memory.
+    pub fn sample(&self) -> Result<Sample, Error> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // The command name (field 2) is in parentheses and may contain spaces: skip past it.
+        let after = stat
+            .rfind(')')
+            .map(|i| &stat[i + 1..])
+            .ok_or("unexpected /proc/PID/stat format")?;
+        // After the name: state is field 3, utime field 14, stime field 15.
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64, Error> {
+            Ok(fields
+                .get(i - 3)
+                .ok_or("/proc/PID/stat is too short")?
+                .parse()?)
+        };
+        let cpu_ticks = ticks(14)? + ticks(15)?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Sample {
+            cpu: Duration::from_nanos(cpu_ticks * 1_000_000_000 / clock_ticks_per_second()),
+            rss_kib: kib("VmRSS:"),
+            hwm_kib: kib("VmHWM:"),
+        })
+    }
+
+    /// Whether the process has exited (a zombie that nobody reaped yet counts as exited).
+    pub fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X"),
+        }
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    pub fn interrupt(&self) -> Result<(), Error> {
+        let pid = libc::pid_t::try_from(self.pid)?;
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
+        if rc != 0 {
+            return Err(format!(
+                "could not send SIGINT to {pid}: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Waits until the process has exited, checking every 2 ms.
+    pub async fn wait_exit(self) {
+        while !self.exited() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+/// The open-file limit after raising the soft limit to the hard one: `(soft, hard)`.
+pub fn raise_open_file_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 {
+        return (1024, 1024);
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising soft to hard needs no privilege.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+        if rc == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+/// The kernel's count of connections dropped because a listen queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`; machine-wide).
+pub fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let column = header
+        .split_whitespace()
+        .position(|k| k == "ListenOverflows")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
+/// The open-file limit of another process, from `/proc/PID/limits`.
+pub fn open_file_limit_of(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe reads real numbers for a live process (this one) and sees it as running.
+    #[test]
+    fn probe_reads_this_process() {
+        let probe = Probe::new(std::process::id()).expect("reading our own /proc entry");
+        // Burn a little CPU so the counters have something to show.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let s = probe.sample().expect("sampling our own process");
+        assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib, "{s:?}");
+        assert!(!probe.exited());
+        assert!(open_file_limit_of(std::process::id()).is_some());
+    }
+
+    /// A process id that does not exist is reported, not probed.
+    #[test]
+    fn probe_rejects_missing_process() {
+        assert!(Probe::new(u32::MAX / 2).is_err());
+    }
+}

@@ -1,0 +1,394 @@
+//! The traffic engine shared by the fan-out, latency and shutdown scenarios: one sender task and
+//! one receiver task per registered client, a progress line, and the collected results.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{Inbox, Outcome, Plan};
+use crate::net::{Conn, LineReader, ReadEnd};
+use crate::wire::{self, Names};
+
+/// How many messages an unpaced sender puts into one write.
+const BATCH: u64 = 64;
+/// How many deliveries a busy receiver counts before adding them to the shared counter.
+const FLUSH_EVERY: u64 = 64;
+
+/// How senders pace themselves.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as the server takes the bytes, several messages per write.
+    Flat,
+    /// One message per write, this many per second per sender, evenly spread over the senders.
+    PerSender(f64),
+}
+
+/// When receivers stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Once every message sent to them has arrived (known when the senders are done).
+    AllDelivered,
+    /// When the server closes the connection (a shutdown).
+    Closed,
+}
+
+/// What one sender did.
+#[derive(Debug)]
+pub struct Sent {
+    /// Messages fully written.
+    pub count: u64,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// What one receiver got.
+#[derive(Debug)]
+pub struct Got {
+    /// The checked messages.
+    pub inbox: Inbox,
+    /// Delivery latencies in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// When the last message arrived.
+    pub last: Option<Instant>,
+    /// When the server closed the connection ([`Until::Closed`]).
+    pub closed: Option<Instant>,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Traffic in flight.
+pub struct Running {
+    /// When the senders started: the clock of the run.
+    pub started: Instant,
+    /// Deliveries so far (for progress; updated in batches).
+    pub delivered: Arc<AtomicU64>,
+    senders: Vec<JoinHandle<Sent>>,
+    receivers: Vec<JoinHandle<Got>>,
+    expected: watch::Sender<Option<Arc<Vec<u64>>>>,
+    /// Cancelled to stop every sender (and the progress line).
+    pub stop: CancellationToken,
+    plan: Arc<Plan>,
+}
+
+/// A fresh latency histogram: 1 ns to 60 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    // The bounds are constants that satisfy the crate's rules (low >= 1, high >= 2 * low).
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// How traffic runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Messages per sender; `None`: until stopped.
+    pub messages: Option<u64>,
+    /// How senders pace themselves.
+    pub pace: Pace,
+    /// When receivers stop.
+    pub until: Until,
+    /// The longest any single read or write may wait.
+    pub stall: Duration,
+    /// Print progress once a second.
+    pub progress: bool,
+}
+
+/// Starts traffic over registered connections: client `i` sends `spec.messages` (or until
+/// stopped) to `plan.recipients(i)`.
+pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running {
+    let Spec {
+        messages,
+        pace,
+        until,
+        stall,
+        progress,
+    } = spec;
+    let plan = Arc::new(plan);
+    let names = Arc::new(names.clone());
+    let epoch = Instant::now();
+    let (expected, expected_rx) = watch::channel(None);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let clients = conns.len() as u32;
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    let mut writers = Vec::new();
+    for conn in conns {
+        // Each client's sender stops when its receiver sees the connection close.
+        let closed = stop.child_token();
+        receivers.push(tokio::spawn(receive(
+            conn.reader,
+            conn.index,
+            plan.clone(),
+            names.clone(),
+            expected_rx.clone(),
+            until,
+            stall,
+            epoch,
+            delivered.clone(),
+            closed.clone(),
+        )));
+        writers.push((conn.index, conn.writer, closed));
+    }
+    let started = Instant::now();
+    for (index, writer, closed) in writers {
+        let destinations = names.destinations(plan.recipients(index));
+        let pace = match pace {
+            Pace::Flat => Pacing::Flat,
+            Pace::PerSender(rate) => {
+                let interval = Duration::from_secs_f64(1.0 / rate);
+                // Spread the senders over one interval so the total rate is smooth.
+                let offset = interval.mul_f64(f64::from(index) / f64::from(clients));
+                Pacing::Every {
+                    first: started + offset,
+                    interval,
+                }
+            }
+        };
+        senders.push(tokio::spawn(send(
+            writer,
+            index,
+            destinations,
+            messages,
+            pace,
+            closed,
+            epoch,
+            stall,
+        )));
+    }
+    if progress {
+        tokio::spawn(show_progress(started, delivered.clone(), stop.clone()));
+    }
+    Running {
+        started,
+        delivered,
+        senders,
+        receivers,
+        expected,
+        stop,
+        plan,
+    }
+}
+
+impl Running {
+    /// Waits for every sender, tells each receiver how many messages to expect, and waits for
+    /// the receivers.
+    pub async fn finish(self) -> (Vec<Sent>, Vec<Got>) {
+        let mut sent = Vec::new();
+        for task in self.senders {
+            sent.push(task.await.unwrap_or_else(|e| Sent {
+                count: 0,
+                error: Some(format!("a sender task failed: {e}")),
+            }));
+        }
+        let n = self.plan.clients();
+        let expected: Vec<u64> = (0..n)
+            .map(|r| {
+                self.plan
+                    .senders(r)
+                    .iter()
+                    .map(|&s| sent[s as usize].count)
+                    .sum()
+            })
+            .collect();
+        // Receivers may all have finished already (each holds a receiver of this channel
+        // until then), in which case nobody needs the numbers.
+        let _ = self.expected.send(Some(Arc::new(expected)));
+        let got = join_receivers(self.receivers).await;
+        self.stop.cancel();
+        (sent, got)
+    }
+
+    /// For a shutdown: waits for every receiver to see its connection close, then stops the
+    /// senders that are still writing and collects them.
+    pub async fn finish_when_closed(self) -> (Vec<Sent>, Vec<Got>) {
+        let got = join_receivers(self.receivers).await;
+        self.stop.cancel();
+        let mut sent = Vec::new();
+        for task in self.senders {
+            sent.push(task.await.unwrap_or_else(|e| Sent {
+                count: 0,
+                error: Some(format!("a sender task failed: {e}")),
+            }));
+        }
+        (sent, got)
+    }
+}
+
+async fn join_receivers(receivers: Vec<JoinHandle<Got>>) -> Vec<Got> {
+    let mut got = Vec::new();
+    for (i, task) in receivers.into_iter().enumerate() {
+        got.push(task.await.unwrap_or_else(|e| Got {
+            inbox: Inbox::new(i as u32),
+            latency: histogram(),
+            last: None,
+            closed: None,
+            error: Some(format!("a receiver task failed: {e}")),
+        }));
+    }
+    got
+}
+
+enum Pacing {
+    Flat,
+    Every { first: Instant, interval: Duration },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    mut writer: OwnedWriteHalf,
+    me: u32,
+    destinations: Vec<u8>,
+    messages: Option<u64>,
+    pace: Pacing,
+    stop: CancellationToken,
+    epoch: Instant,
+    stall: Duration,
+) -> Sent {
+    let mut seq = 0;
+    let mut buf = Vec::with_capacity(BATCH as usize * (destinations.len() + 40));
+    let limit = messages.unwrap_or(u64::MAX);
+    while seq < limit {
+        let batch_end = match pace {
+            Pacing::Flat => (seq + BATCH).min(limit),
+            Pacing::Every { first, interval } => {
+                let due = first + interval.mul_f64(seq as f64);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep_until(due.into()) => {}
+                }
+                seq + 1
+            }
+        };
+        buf.clear();
+        let now = epoch.elapsed().as_nanos() as u64;
+        for n in seq..batch_end {
+            wire::push_message(&mut buf, &destinations, me, n, now);
+        }
+        // `write_all` is not cancel safe, but a cancelled sender never writes again.
+        let written = tokio::select! {
+            () = stop.cancelled() => break,
+            r = tokio::time::timeout(stall, writer.write_all(&buf)) => r,
+        };
+        match written {
+            Ok(Ok(())) => seq = batch_end,
+            Ok(Err(e)) => {
+                return Sent {
+                    count: seq,
+                    error: Some(format!("client {me}: writing failed: {e}")),
+                };
+            }
+            Err(_) => {
+                return Sent {
+                    count: seq,
+                    error: Some(format!(
+                        "client {me}: the server took none of {} bytes for {stall:?}",
+                        buf.len()
+                    )),
+                };
+            }
+        }
+    }
+    Sent {
+        count: seq,
+        error: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    mut reader: LineReader,
+    me: u32,
+    plan: Arc<Plan>,
+    names: Arc<Names>,
+    mut expected: watch::Receiver<Option<Arc<Vec<u64>>>>,
+    until: Until,
+    stall: Duration,
+    epoch: Instant,
+    delivered: Arc<AtomicU64>,
+    closed: CancellationToken,
+) -> Got {
+    let mut inbox = Inbox::new(me);
+    let mut latency = histogram();
+    let mut last = None;
+    let mut unflushed = 0;
+    let mut want: Option<u64> = None;
+    let result = loop {
+        if until == Until::AllDelivered && want.is_none() {
+            want = expected.borrow().as_ref().map(|e| e[me as usize]);
+        }
+        if want.is_some_and(|w| inbox.distinct() >= w) {
+            break Ok(());
+        }
+        let read = tokio::select! {
+            changed = expected.changed(), if until == Until::AllDelivered && want.is_none() => {
+                if changed.is_err() {
+                    break Err("the run ended before the expected counts were known".to_string());
+                }
+                continue;
+            }
+            read = reader.next_line(stall) => read,
+        };
+        match read {
+            Ok(line) => {
+                if let Outcome::Delivered { sent_at_ns } = inbox.receive(&plan, &names, line) {
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    latency.saturating_record(now.saturating_sub(sent_at_ns).max(1));
+                    last = Some(Instant::now());
+                    unflushed += 1;
+                    // Flush in batches under load, and before waiting on an empty socket.
+                    if unflushed == FLUSH_EVERY || !reader.has_buffered() {
+                        delivered.fetch_add(unflushed, Ordering::Relaxed);
+                        unflushed = 0;
+                    }
+                }
+            }
+            Err(ReadEnd::Eof | ReadEnd::Failed(_)) if until == Until::Closed => break Ok(()),
+            Err(end) => {
+                break Err(format!(
+                    "{}: {end} (had {} messages{})",
+                    names.name(me),
+                    inbox.distinct(),
+                    want.map(|w| format!(" of {w}")).unwrap_or_default()
+                ));
+            }
+        }
+    };
+    delivered.fetch_add(unflushed, Ordering::Relaxed);
+    // Whatever ended this receiver, its sender has no reason to keep writing.
+    closed.cancel();
+    let closed_at = (until == Until::Closed && result.is_ok()).then(Instant::now);
+    Got {
+        inbox,
+        latency,
+        last,
+        closed: closed_at,
+        error: result.err(),
+    }
+}
+
+async fn show_progress(started: Instant, delivered: Arc<AtomicU64>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(
+        (started + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    let mut before = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = delivered.load(Ordering::Relaxed);
+        eprintln!(
+            "[{:>6.1} s] {now} deliveries, {} in the last second",
+            started.elapsed().as_secs_f64(),
+            now - before
+        );
+        before = now;
+    }
+}

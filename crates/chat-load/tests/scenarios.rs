@@ -1,0 +1,298 @@
+//! The chat-load binary against real in-process servers: each scenario run small must report
+//! zero loss and the counts it promised, and a proxy that drops, duplicates, swaps or misroutes
+//! lines between the server and its clients must make the run fail.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use chat_load::Summary;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+/// How long one run of the tool may take in these tests; the runs are small.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs the chat-load binary with `args` and returns its output, failing the test if it runs
+/// longer than [`RUN_LIMIT`].
+async fn tool(args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-load"));
+    command.args(args).arg("--quiet").kill_on_drop(true);
+    match tokio::time::timeout(RUN_LIMIT, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => panic!("could not run chat-load: {e}"),
+        Err(_) => panic!("chat-load {args:?} ran longer than {RUN_LIMIT:?}"),
+    }
+}
+
+/// Runs the tool and parses the one-line JSON summary it prints on stdout.
+async fn summary(args: &[&str]) -> (Summary, Output) {
+    let output = tool(args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "chat-load should print exactly one line (the JSON summary) on stdout, got {stdout:?}; \
+         stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Summary = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("the summary is not valid JSON ({e}): {}", lines[0]));
+    (summary, output)
+}
+
+fn assert_clean(s: &Summary, output: &Output) {
+    assert!(
+        s.ok && output.status.success(),
+        "the run should pass: {s:?}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        (s.lost, s.duplicated, s.reordered, s.misdelivered),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+}
+
+/// Fan-out against step 02 delivers every message to each of its recipients, and the summary
+/// counts them all and measures the server (this test process) through /proc.
+#[tokio::test]
+async fn fan_out_delivers_everything() {
+    let server = testkit::start(step_02::run).await;
+    let addr = server.addr().to_string();
+    let pid = std::process::id().to_string();
+    let (s, output) = summary(&[
+        "fan-out",
+        "--clients",
+        "6",
+        "--messages",
+        "300",
+        "--recipients",
+        "3",
+        "--addr",
+        &addr,
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert_clean(&s, &output);
+    assert_eq!(s.scenario, "fan-out");
+    assert_eq!(s.sent, Some(6 * 300));
+    assert_eq!(s.deliveries, 6 * 300 * 3);
+    assert!(s.deliveries_per_s.is_some_and(|r| r > 0.0), "{s:?}");
+    assert_eq!(s.latency_us.map(|l| l.count), Some(s.deliveries));
+    assert!(s.server_cpu_s.is_some() && s.server_peak_rss_kib.is_some_and(|k| k > 0));
+    server.shutdown().await;
+}
+
+/// The latency scenario sends the paced number of messages, delivers them all, and reports
+/// ordered percentiles over every delivery.
+#[tokio::test]
+async fn latency_reports_percentiles() {
+    let server = testkit::start(step_02::run).await;
+    let addr = server.addr().to_string();
+    // 2 000 deliveries/s over 4 clients × 2 recipients for 1 s: 250 messages per client.
+    let (s, output) = summary(&[
+        "latency",
+        "--clients",
+        "4",
+        "--recipients",
+        "2",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+        "--addr",
+        &addr,
+    ])
+    .await;
+    assert_clean(&s, &output);
+    assert_eq!(s.messages_per_client, Some(250));
+    assert_eq!(s.deliveries, 4 * 250 * 2);
+    let l = s.latency_us.expect("a latency section");
+    assert_eq!(l.count, s.deliveries);
+    assert!(0.0 < l.p50 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
+    // Paced, so the run takes about the asked duration rather than a burst's few milliseconds.
+    assert!(s.elapsed_s > 0.8, "{s:?}");
+    server.shutdown().await;
+}
+
+/// The connections scenario keeps every client connected and registered, passes one message
+/// around the sampled ring, and measures the server's memory.
+#[tokio::test]
+async fn connections_round_trip() {
+    let server = testkit::start(step_02::run).await;
+    let addr = server.addr().to_string();
+    let pid = std::process::id().to_string();
+    let (s, output) = summary(&[
+        "connections",
+        "--clients",
+        "200",
+        "--sample",
+        "10",
+        "--addr",
+        &addr,
+        "--server-pid",
+        &pid,
+    ])
+    .await;
+    assert_clean(&s, &output);
+    assert_eq!((s.clients, s.sample, s.deliveries), (200, Some(10), 10));
+    assert_eq!(s.round_trip_us.map(|l| l.count), Some(10));
+    assert_eq!(s.connect_ms.map(|l| l.count), Some(200));
+    assert!(s.connects_per_s.is_some_and(|r| r > 0.0));
+    assert!(s.server_rss_per_connection_bytes.is_some());
+    server.shutdown().await;
+}
+
+/// With no server listening the tool says it cannot connect and exits with status 2, without
+/// a panic and without a summary.
+#[tokio::test]
+async fn unreachable_server_is_reported() {
+    // A port that was just free: bind, read the port, close.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
+    let addr = listener.local_addr().expect("local address").to_string();
+    drop(listener);
+    let output = tool(&["fan-out", "--addr", &addr]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("cannot connect"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+/// The tool refuses to send traffic anywhere but loopback.
+#[tokio::test]
+async fn refuses_non_loopback_addresses() {
+    // 192.0.2.0/24 is reserved for documentation: nothing is there, and nothing is sent.
+    let output = tool(&["fan-out", "--addr", "192.0.2.1:8080"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("not a loopback address"),
+        "stderr: {stderr}"
+    );
+}
+
+/// What the faulty proxy does to the lines going from the server to a client, after the client's
+/// registration line.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Drops the 50th line.
+    Drop,
+    /// Sends the 50th line twice.
+    Duplicate,
+    /// Sends the 51st line before the 50th.
+    Swap,
+    /// Relabels the 50th line as coming from the client itself.
+    Misroute,
+}
+
+/// Starts a proxy in front of `server` that breaks the server-to-client stream of the first
+/// client with `fault`, and returns its address.
+async fn faulty_proxy(server: SocketAddr, fault: Fault) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let broken = std::mem::take(&mut first);
+            tokio::spawn(relay(client, server, broken.then_some(fault)));
+        }
+    });
+    addr
+}
+
+async fn relay(client: TcpStream, server: SocketAddr, fault: Option<Fault>) {
+    let Ok(upstream) = TcpStream::connect(server).await else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = upstream.into_split();
+    // Client to server: copied line by line, untouched. Remember the login name for Misroute.
+    let (name_tx, name_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut from = FramedRead::new(client_read, LinesCodec::new());
+        let mut to = FramedWrite::new(server_write, LinesCodec::new());
+        let mut name_tx = Some(name_tx);
+        while let Some(Ok(line)) = from.next().await {
+            if let Some(tx) = name_tx.take() {
+                let _ = tx.send(line.clone());
+            }
+            if to.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut from = FramedRead::new(server_read, LinesCodec::new());
+    let mut to = FramedWrite::new(client_write, LinesCodec::new());
+    let name = name_rx.await.unwrap_or_default();
+    let mut n = 0;
+    let mut held = None;
+    while let Some(Ok(line)) = from.next().await {
+        n += 1;
+        let out = match (fault, n) {
+            (Some(Fault::Drop), 51) => vec![],
+            (Some(Fault::Duplicate), 51) => vec![line.clone(), line],
+            (Some(Fault::Swap), 51) => {
+                held = Some(line);
+                vec![]
+            }
+            (Some(Fault::Swap), 52) => vec![line, held.take().unwrap_or_default()],
+            (Some(Fault::Misroute), 51) => {
+                let text = line.split_once(": ").map(|(_, t)| t).unwrap_or_default();
+                vec![format!("from {name}: {text}")]
+            }
+            _ => vec![line],
+        };
+        for line in out {
+            if to.send(line).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Each kind of fault on the wire (a lost, duplicated, reordered or misdelivered line) makes the
+/// run fail with status 1 and is counted under its own name.
+#[tokio::test]
+async fn detects_faults_on_the_wire() {
+    let server = testkit::start(step_02::run).await;
+    for fault in [Fault::Drop, Fault::Duplicate, Fault::Swap, Fault::Misroute] {
+        let proxy = faulty_proxy(server.addr(), fault).await.to_string();
+        let (s, output) = summary(&[
+            "fan-out",
+            "--clients",
+            "3",
+            "--messages",
+            "100",
+            "--recipients",
+            "2",
+            "--stall-timeout",
+            "1",
+            "--addr",
+            &proxy,
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{fault:?}: {s:?}\nstderr: {stderr}"
+        );
+        assert!(!s.ok && s.failure.is_some(), "{fault:?}: {s:?}");
+        assert!(stderr.contains("FAILED"), "{fault:?}: {stderr}");
+        let counts = (s.lost, s.duplicated, s.reordered, s.misdelivered);
+        let expected = match fault {
+            Fault::Drop => (1, 0, 0, 0),
+            Fault::Duplicate => (0, 1, 0, 0),
+            Fault::Swap => (0, 0, 1, 0),
+            // The relabelled message is misdelivered, and so missing from its real sender.
+            Fault::Misroute => (1, 0, 0, 1),
+        };
+        assert_eq!(counts, expected, "{fault:?}: {s:?}");
+    }
+    server.shutdown().await;
+}
