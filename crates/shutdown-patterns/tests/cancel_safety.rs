@@ -126,3 +126,13 @@ async fn reserve_in_select_keeps_the_value() {
     tx.send("first").await.expect("receiver alive");
     assert_eq!(send_or_give_back(&tx, "second", TICK).await, Err("second"));
 }
+
+/// When every branch is disabled by its pattern and there is no `else`, `select!` panics.
+#[tokio::test]
+#[should_panic(expected = "all branches are disabled and there is no else branch")]
+async fn select_panics_when_every_branch_is_disabled() {
+    let end_of_stream = async { None::<String> };
+    tokio::select! {
+        Some(line) = end_of_stream => drop(line),
+    }
+}
