@@ -6,8 +6,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use testkit::{Client, QUIET, TIMEOUT};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
@@ -207,6 +208,36 @@ async fn unused_addr() -> SocketAddr {
         .expect("reading the address of a bound listener")
 }
 
+/// A listener for a test that plays the server itself, line by line.
+async fn scripted_server() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port for the scripted server");
+    let addr = listener
+        .local_addr()
+        .expect("reading the address of a bound listener");
+    (listener, addr)
+}
+
+/// Accepts the client's connection on a scripted server and checks its login line.
+async fn accept_login(
+    listener: &TcpListener,
+    name: &str,
+) -> (Lines<BufReader<OwnedReadHalf>>, OwnedWriteHalf) {
+    let (stream, _) = tokio::time::timeout(TIMEOUT, listener.accept())
+        .await
+        .expect("the client should connect within the deadline")
+        .expect("accepting the client's connection");
+    let (reader, writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    let login = tokio::time::timeout(TIMEOUT, lines.next_line())
+        .await
+        .expect("the client should send its name within the deadline")
+        .expect("reading the client's login line");
+    assert_eq!(login.as_deref(), Some(name), "the login line");
+    (lines, writer)
+}
+
 /// The name given with `--name` is sent as the login line: messages to that name reach the client.
 #[tokio::test]
 async fn sends_name_from_flag() {
@@ -288,6 +319,45 @@ async fn end_of_input_sends_everything_typed() {
         .await;
 }
 
+/// After end of input the client keeps printing what the server sends until the server closes
+/// the connection, so nothing addressed to it is cut off and the close is orderly.
+///
+/// A scripted peer plays the server, to answer at exactly the moment our end of file arrives.
+#[tokio::test]
+async fn end_of_input_reads_until_server_closes() {
+    let (listener, addr) = scripted_server().await;
+    let mut client = ClientProcess::start(&[&addr.to_string(), "--name", "alice"]);
+    let (mut lines, mut writer) = accept_login(&listener, "alice").await;
+    client.type_line("bob: last words").await;
+    client.end_input();
+    let line = tokio::time::timeout(TIMEOUT, lines.next_line())
+        .await
+        .expect("the client's line should arrive within the deadline")
+        .expect("reading the client's line");
+    assert_eq!(line.as_deref(), Some("bob: last words"));
+    let eof = tokio::time::timeout(TIMEOUT, lines.next_line())
+        .await
+        .expect("the client should close its side within the deadline");
+    assert!(
+        matches!(eof, Ok(None)),
+        "after its input ended the client should close its side in order (end of file), got \
+         {eof:?}"
+    );
+    writer
+        .write_all(b"from bob: you left, but this still reaches you\n")
+        .await
+        .expect("the client's receiving side should still be open after it closed its own");
+    client
+        .expect_stdout("from bob: you left, but this still reaches you")
+        .await;
+    drop(writer);
+    let status = client.wait_exit().await;
+    assert!(status.success(), "the client exited with {status:?}");
+    client
+        .expect_stderr("end of input: everything typed was sent; disconnected")
+        .await;
+}
+
 /// A server that keeps the connection open after our end of file (step 02 never closes one)
 /// does not hold the client: it leaves after a grace period, and still exits 0.
 #[tokio::test]
@@ -354,24 +424,10 @@ async fn ctrl_c_exits() {
 /// No server step sends `error:` lines yet, so a scripted peer on a real socket plays the server.
 #[tokio::test]
 async fn server_errors_are_marked() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port for the scripted server");
-    let addr = listener.local_addr().expect("address of a bound listener");
+    let (listener, addr) = scripted_server().await;
     let mut client = ClientProcess::start(&[&addr.to_string(), "--name", "alice"]);
-    let (stream, _) = tokio::time::timeout(TIMEOUT, listener.accept())
-        .await
-        .expect("the client should connect within the deadline")
-        .expect("accepting the client's connection");
-    let mut stream = BufReader::new(stream);
-    let mut login = String::new();
-    tokio::time::timeout(TIMEOUT, stream.read_line(&mut login))
-        .await
-        .expect("the client should send its name within the deadline")
-        .expect("reading the client's login line");
-    assert_eq!(login, "alice\n", "the login line");
-    let stream: &mut TcpStream = stream.get_mut();
-    stream
+    let (_lines, mut writer) = accept_login(&listener, "alice").await;
+    writer
         .write_all(b"error: no such person: carol\nfrom bob: still here\n")
         .await
         .expect("writing to the client");
