@@ -278,9 +278,10 @@ pub fn render(g: &TaskGraph) -> String {
                     }
                 }
             }
+            // Room for the label along the bottom edge.
             Rect {
                 x: b.min_x - 14.0,
-                y: b.min_y - 30.0,
+                y: b.min_y - 12.0,
                 w: b.max_x - b.min_x + 28.0,
                 h: b.max_y - b.min_y + 44.0,
             }
@@ -441,19 +442,19 @@ pub fn render(g: &TaskGraph) -> String {
             n(r.w),
             n(r.h)
         );
-        // Top right: arrows into a group's members usually arrive from the top left.
-        let (lx, ly) = (r.right() - 12.0, r.y + 19.0);
+        // Bottom centre: arrows into a group's members mostly arrive from the top or sides.
+        let (lx, ly) = (r.cx(), r.bottom() - 10.0);
         svg::text(
             &mut body,
             lx,
             ly,
             &grp.label,
             "label",
-            Anchor::End,
+            Anchor::Middle,
             LABEL_SIZE,
         );
         bounds.rect(*r);
-        bounds.label(lx, ly, &grp.label, Anchor::End, LABEL_SIZE);
+        bounds.label(lx, ly, &grp.label, Anchor::Middle, LABEL_SIZE);
     }
 
     for ((node, r), _) in g.nodes.iter().zip(&rects).zip(&sizes) {
