@@ -38,7 +38,8 @@ impl Signals {
 
     /// Waits for the next SIGINT or SIGTERM.
     pub async fn recv(&mut self) -> Reason {
-        // `Signal::recv` is cancel safe: the branch that loses drops no signal.
+        // `Signal::recv` is cancel safe: the branch that loses drops no signal. It returns
+        // `None` only once the runtime is shutting down, which is a reason to stop as well.
         tokio::select! {
             _ = self.interrupt.recv() => Reason::Interrupt,
             _ = self.terminate.recv() => Reason::Terminate,

@@ -1,5 +1,6 @@
 //! A real signal sent after its listener is gone. Alone in its own test binary: without the
 //! handler tokio installed, this signal would end the whole test process.
+#![cfg(unix)]
 
 use std::time::Duration;
 

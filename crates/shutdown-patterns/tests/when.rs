@@ -1,4 +1,5 @@
 //! Several triggers, one decision: `Trigger::request` from anywhere in the program.
+#![cfg(unix)]
 
 use std::time::Duration;
 

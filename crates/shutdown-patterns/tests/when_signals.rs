@@ -1,5 +1,6 @@
 //! Real signals sent to this test process. Alone in its own test binary, because a signal
 //! reaches every listener in the process, and other tests' listeners would hear it too.
+#![cfg(unix)]
 
 use std::time::Duration;
 
