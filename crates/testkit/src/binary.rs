@@ -119,10 +119,28 @@ impl Binary {
         self.signal(libc::SIGINT);
     }
 
+    /// Sends SIGTERM, as `kill PID`, systemd or a container runtime do to stop a service.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
     /// Waits for the process to exit and returns its status; fails the test if it is still
     /// running after the deadline (and kills it).
     pub async fn wait_exit(&mut self) -> ExitStatus {
         self.wait_exit_within(EXIT_TIMEOUT).await
+    }
+
+    /// Waits for the process to exit and fails the test unless it exited with code 0 (a
+    /// graceful shutdown), showing the server's stderr.
+    pub async fn expect_clean_exit(&mut self) {
+        let status = self.wait_exit().await;
+        if status.code() != Some(0) {
+            panic!(
+                "the server should exit with code 0 after a graceful shutdown, but it ended with \
+                 {status}\nits stderr:\n{}",
+                self.stderr_so_far().join("\n")
+            );
+        }
     }
 
     /// [`Binary::wait_exit`] with an explicit deadline.

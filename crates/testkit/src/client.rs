@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use crate::{QUIET, TIMEOUT, human};
+
+/// The receive buffer of [`Client::login_with_small_buffer`], in bytes.
+const SMALL_BUFFER: u32 = 4096;
 
 /// One client connection. `name` labels it in failure messages (and is its login name once
 /// [`Client::login`] has sent it).
@@ -40,6 +43,37 @@ impl Client {
                 human(TIMEOUT)
             ),
         };
+        Client::from_stream(stream, label)
+    }
+
+    /// Connects, sends `name` as the login line, and waits until the server has registered it:
+    /// it sends itself a message and waits for it to come back. After this returns, messages
+    /// sent to `name` by anyone reach this client.
+    pub async fn login(addr: SocketAddr, name: &str) -> Client {
+        Client::connect(addr, name).await.log_in_as(name).await
+    }
+
+    /// [`Client::login`] over a socket with a receive buffer of a few kilobytes (the kernel's
+    /// automatic growth disabled), for a client that reads late: what the server writes to it
+    /// backs up in the server after a few kilobytes, so the server still has it queued when the
+    /// test acts next.
+    pub async fn login_with_small_buffer(addr: SocketAddr, name: &str) -> Client {
+        let socket = TcpSocket::new_v4().expect("creating a TCP socket");
+        socket
+            .set_recv_buffer_size(SMALL_BUFFER)
+            .expect("setting SO_RCVBUF on a fresh socket");
+        let stream = match tokio::time::timeout(TIMEOUT, socket.connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => panic!("{name}: could not connect to the server at {addr}: {e}"),
+            Err(_) => panic!(
+                "{name}: connecting to the server at {addr} took more than {}",
+                human(TIMEOUT)
+            ),
+        };
+        Client::from_stream(stream, name).log_in_as(name).await
+    }
+
+    fn from_stream(stream: TcpStream, label: &str) -> Client {
         let (read, writer) = stream.into_split();
         Client {
             name: label.to_string(),
@@ -48,11 +82,9 @@ impl Client {
         }
     }
 
-    /// Connects, sends `name` as the login line, and waits until the server has registered it:
-    /// it sends itself a message and waits for it to come back. After this returns, messages
-    /// sent to `name` by anyone reach this client.
-    pub async fn login(addr: SocketAddr, name: &str) -> Client {
-        let mut client = Client::connect(addr, name).await;
+    /// Sends the login line and waits for a message to itself to come back.
+    async fn log_in_as(self, name: &str) -> Client {
+        let mut client = self;
         client.send(name).await;
         client.send(&format!("{name}: logged in?")).await;
         let expected = format!("from {name}: logged in?");

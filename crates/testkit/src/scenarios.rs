@@ -180,23 +180,28 @@ pub async fn shutdown_closes_idle_clients(addr: SocketAddr, trigger: impl FnOnce
 }
 
 /// Every message the server has read before shutdown reaches its recipient, complete and in
-/// order, before the recipient's socket closes.
+/// order, before the recipient's socket closes. The messages are long (1 kB) and bob reads
+/// nothing until the signal through a small receive buffer, so with a burst of a few thousand
+/// most of it is still queued in the server when shutdown begins.
 pub async fn shutdown_delivers_accepted_burst(
     addr: SocketAddr,
     trigger: impl FnOnce(),
     burst: usize,
 ) {
+    let padding = "x".repeat(1000);
     let mut alice = Client::login(addr, "alice").await;
-    let mut bob = Client::login(addr, "bob").await;
+    let mut bob = Client::login_with_small_buffer(addr, "bob").await;
     for i in 0..burst {
-        alice.send(&format!("bob: {i}")).await;
+        alice.send(&format!("bob: {i} {padding}")).await;
     }
     // Alice's lines are read in order, so once this comes back the whole burst has been read.
     alice.send("alice: burst sent").await;
     alice.expect("from alice: burst sent").await;
     trigger();
     let lines = bob.lines_until_eof_within(Duration::from_secs(30)).await;
-    let expected: Vec<String> = (0..burst).map(|i| format!("from alice: {i}")).collect();
+    let expected: Vec<String> = (0..burst)
+        .map(|i| format!("from alice: {i} {padding}"))
+        .collect();
     assert!(
         lines == expected,
         "bob: after shutdown expected all {burst} messages alice sent before it, in order; got \
@@ -241,38 +246,31 @@ pub async fn shutdown_while_clients_write(addr: SocketAddr, trigger: impl FnOnce
             (sender, sent)
         }));
     }
-    // Let traffic flow, and be sure some of it was delivered, before shutting down.
+    // Let traffic flow, and be sure some of it was delivered, before shutting down. The line
+    // each receiver reads here is the start of what it checks below.
+    let mut first_lines = Vec::new();
     for receiver in &mut receivers {
-        receiver.recv().await;
+        first_lines.push(receiver.recv().await);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     trigger();
 
-    for mut receiver in receivers {
-        let lines = receiver
-            .lines_until_eof_within(Duration::from_secs(30))
-            .await;
-        let mut next: HashMap<String, usize> = HashMap::new();
-        for line in &lines {
-            let (from, n) = parse_numbered(line).unwrap_or_else(|| {
-                panic!("{}: got `{line}`, not a numbered message", receiver.name())
-            });
-            let want = next.entry(from.clone()).or_default();
-            assert_eq!(
-                n,
-                *want,
-                "{}: from {from} expected message {want} next, got {n}: a message was lost, \
-                 duplicated or reordered during shutdown",
-                receiver.name()
-            );
-            *want += 1;
-        }
-        assert!(
-            !lines.is_empty(),
-            "{}: received nothing at all, so this test proved nothing",
-            receiver.name()
+    let mut received = Vec::new();
+    for (mut receiver, first) in receivers.into_iter().zip(first_lines) {
+        let mut lines = vec![first];
+        lines.extend(
+            receiver
+                .lines_until_eof_within(Duration::from_secs(30))
+                .await,
         );
+        received.push((
+            receiver.name().to_string(),
+            gap_free_counts(&receiver, &lines),
+        ));
     }
+    // Every message went to every receiver, and all of them stayed connected: a message the
+    // server read reached all of them or (read after the signal) none.
+    assert_same_counts(&received);
     for task in senders {
         let (mut sender, sent) = task.await.expect("a sender task panicked");
         assert!(
@@ -299,6 +297,158 @@ pub async fn shutdown_not_held_by_silent_clients(addr: SocketAddr, trigger: impl
     silent.lines_until_eof().await;
     half_name.lines_until_eof().await;
     half_line.lines_until_eof().await;
+}
+
+/// Messages the server has read but not yet routed when shutdown begins still reach every
+/// recipient that is connected, also one that had nothing queued when its reader stopped.
+///
+/// Flooders write as fast as the server reads, so the broker has a backlog when the signal
+/// lands. Every line goes to `behind`, which reads only after the signal; every fiftieth also
+/// goes to `prompt`, which reads as lines arrive, so its queue is nearly always empty. From
+/// each flooder, `behind` must receive a gap-free prefix `0..n`, and `prompt` exactly the
+/// multiples of fifty below `n`: what the server read reached both.
+pub async fn shutdown_delivers_backlog_to_every_recipient(
+    addr: SocketAddr,
+    trigger: impl FnOnce(),
+) {
+    const FLOODERS: usize = 4;
+    // Lines per write: big writes let the readers outpace the broker, so it has a backlog.
+    const BATCH: usize = 100;
+    // One line in this many also goes to `prompt`.
+    const EVERY: usize = 50;
+    // Lines the first flooder sends before the signal: enough for a backlog, few enough to
+    // deliver quickly.
+    const BEFORE_SIGNAL: usize = 20_000;
+    let prompt = Client::login(addr, "prompt").await;
+    let mut behind = Client::login(addr, "behind").await;
+    // Everyone logs in before the flood starts: a login behind the flood would wait for it.
+    let mut logged_in = Vec::new();
+    for f in 0..FLOODERS {
+        logged_in.push(Client::login(addr, &format!("f{f}")).await);
+    }
+    let (flowing, flood_flowing) = tokio::sync::oneshot::channel();
+    let mut flowing = Some(flowing);
+    let mut flooders = Vec::new();
+    for (f, mut flooder) in logged_in.into_iter().enumerate() {
+        let mut flowing = if f == 0 { flowing.take() } else { None };
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0;
+            // Until the server stops reading and closes the connection; capped only so that
+            // a server that never stops reading cannot run this forever.
+            while sent < 1_000_000 {
+                if sent >= BEFORE_SIGNAL {
+                    if let Some(flowing) = flowing.take() {
+                        let _ = flowing.send(());
+                    }
+                }
+                let batch = (sent..sent + BATCH)
+                    .map(|i| match i % EVERY {
+                        0 => format!("prompt, behind: {i}"),
+                        _ => format!("behind: {i}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if !flooder.try_send(&batch).await {
+                    break;
+                }
+                sent += BATCH;
+            }
+            flooder
+        }));
+    }
+    let mut prompt_reader = tokio::spawn(async move {
+        let mut prompt = prompt;
+        let lines = prompt.lines_until_eof_within(Duration::from_secs(30)).await;
+        (prompt, lines)
+    });
+    tokio::select! {
+        flowing = flood_flowing => flowing.expect("the first flooder reports when it is done"),
+        // `prompt` ends only once the server closes it: that must not happen before the signal.
+        ended = &mut prompt_reader => panic!(
+            "prompt: the server closed the connection before shutdown began (it received {} \
+             lines)",
+            ended.map(|(_, lines)| lines.len()).unwrap_or_default()
+        ),
+    }
+    trigger();
+    let behind_lines = behind.lines_until_eof_within(Duration::from_secs(30)).await;
+    let (prompt, prompt_lines) = prompt_reader.await.expect("prompt's reader panicked");
+
+    let behind_counts = gap_free_counts(&behind, &behind_lines);
+    let mut prompt_next: HashMap<String, usize> = HashMap::new();
+    for line in &prompt_lines {
+        let (from, n) = parse_numbered(line)
+            .unwrap_or_else(|| panic!("prompt: got `{line}`, not a numbered message"));
+        let want = prompt_next.entry(from.clone()).or_default();
+        assert_eq!(
+            n, *want,
+            "prompt: from {from} expected message {want} next, got {n}: a message was lost, \
+             duplicated or reordered during shutdown"
+        );
+        *want += EVERY;
+    }
+    for (from, &n) in &behind_counts {
+        let to_prompt = n.div_ceil(EVERY);
+        let got = prompt_next.get(from).copied().unwrap_or(0) / EVERY;
+        assert_eq!(
+            got,
+            to_prompt,
+            "{from} sent {to_prompt} messages to prompt among the {n} the server delivered to \
+             behind, but prompt received {got}: messages the server read before shutdown were \
+             lost for {}",
+            prompt.name()
+        );
+    }
+    for task in flooders {
+        let mut flooder = task.await.expect("a flooder task panicked");
+        flooder.lines_until_eof().await;
+    }
+}
+
+/// Checks that `lines` holds, from each sender, messages `0, 1, 2, ...` with no gap, in order,
+/// and returns how many came from each sender.
+fn gap_free_counts(receiver: &Client, lines: &[String]) -> HashMap<String, usize> {
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for line in lines {
+        let (from, n) = parse_numbered(line)
+            .unwrap_or_else(|| panic!("{}: got `{line}`, not a numbered message", receiver.name()));
+        let want = next.entry(from.clone()).or_default();
+        assert_eq!(
+            n,
+            *want,
+            "{}: from {from} expected message {want} next, got {n}: a message was lost, \
+             duplicated or reordered during shutdown",
+            receiver.name()
+        );
+        *want += 1;
+    }
+    assert!(
+        !lines.is_empty(),
+        "{}: received nothing at all, so this test proved nothing",
+        receiver.name()
+    );
+    next
+}
+
+/// Checks that every receiver got the same number of messages from each sender.
+fn assert_same_counts(received: &[(String, HashMap<String, usize>)]) {
+    let Some((first_name, first)) = received.first() else {
+        return;
+    };
+    for (name, counts) in &received[1..] {
+        let mut senders: Vec<&String> = first.keys().chain(counts.keys()).collect();
+        senders.sort();
+        senders.dedup();
+        for sender in senders {
+            let a = first.get(sender).copied().unwrap_or(0);
+            let b = counts.get(sender).copied().unwrap_or(0);
+            assert_eq!(
+                a, b,
+                "{first_name} got {a} messages from {sender} but {name} got {b}, though every \
+                 message went to both: messages read before shutdown were lost for one of them"
+            );
+        }
+    }
 }
 
 /// Splits `from NAME: N` into `(NAME, N)`.
