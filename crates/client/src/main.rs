@@ -183,9 +183,9 @@ async fn chat(
             // Disabled once input has ended: a closed channel would return `None` at once,
             // forever, and this branch would spin.
             typed = input.recv(), if !input_ended => match typed {
-                // The write is awaited right here, so the loop reads nothing from the server
-                // while one line goes out. For a person typing that is a moment; a client
-                // fed megabytes would give writing a task of its own.
+                // The write is awaited right here, so while one line goes out the loop neither
+                // reads from the server nor sees Ctrl-C. For a person typing that is a moment;
+                // a client fed megabytes would give writing a task of its own.
                 Some(line) => to_server.send(line).await.map_err(lost)?,
                 None => {
                     // Flush what was typed, then half-close: the server reads everything we

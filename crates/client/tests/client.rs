@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 /// The newest server step in the workspace: the client is tried against the real thing.
-use step_03::run as server;
+use step_04::run as server;
 
 /// How long the client may take to exit once it has a reason to.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -287,6 +287,27 @@ async fn two_clients_chat() {
     bob.expect_stdout("from alice: hi bob").await;
     bob.type_line("alice: hi alice").await;
     alice.expect_stdout("from bob: hi alice").await;
+}
+
+/// When the server shuts down, every client exits 0 by itself, although its stdin stays open.
+#[tokio::test]
+async fn exits_when_server_shuts_down() {
+    let mut server = testkit::start(server).await;
+    let mut alice = ClientProcess::login(server.addr(), "alice").await;
+    let mut bob = ClientProcess::login(server.addr(), "bob").await;
+    alice.type_line("bob: see you").await;
+    bob.expect_stdout("from alice: see you").await;
+    server.trigger_shutdown();
+    for client in [&mut alice, &mut bob] {
+        // Nobody closes the clients' stdin: the server's close alone must end them.
+        assert!(client.stdin.is_some());
+        let status = client.wait_exit().await;
+        assert!(status.success(), "the client exited with {status:?}");
+        client
+            .expect_stderr("the server closed the connection")
+            .await;
+    }
+    server.finished().await;
 }
 
 /// On end of input the client sends every line typed (the last one even without a newline),
