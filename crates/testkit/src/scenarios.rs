@@ -393,9 +393,9 @@ pub async fn shutdown_delivers_backlog_to_every_recipient(
         assert_eq!(
             got,
             to_prompt,
-            "{from} sent {to_prompt} messages to prompt among the {n} the server delivered to \
-             behind, but prompt received {got}: messages the server read before shutdown were \
-             lost for {}",
+            "behind received {n} messages from {from}, so {} should have received the \
+             {to_prompt} among them that went to it too, but it received {got}: messages the \
+             server read before shutdown were lost for one of the two",
             prompt.name()
         );
     }

@@ -1,0 +1,469 @@
+//! Step 05: the final server. The same graceful shutdown as step 04, built on tokio-util's
+//! `CancellationToken` (telling every task: a state that no task can miss) and `TaskTracker`
+//! (waiting for every task). When shutdown begins the server stops accepting, readers stop
+//! reading, every message already read is delivered, every socket is closed, and `run`
+//! returns once every task is done.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+// ANCHOR: result
+/// Any error, boxed: enough for a server that logs errors rather than matching on them.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The `Result` every fallible function of this step returns.
+pub type Result<T> = std::result::Result<T, Error>;
+// ANCHOR_END: result
+
+// ANCHOR: channels
+/// The sending end of every channel in this step. Unbounded: a send never waits, so no task
+/// can block another. (Step 06 bounds them, because unbounded queues can grow without limit.)
+type Sender<T> = mpsc::UnboundedSender<T>;
+/// The receiving end of every channel in this step.
+type Receiver<T> = mpsc::UnboundedReceiver<T>;
+// ANCHOR_END: channels
+
+// ANCHOR: parse
+/// A parsed `dest1, dest2: text` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The destinations, trimmed, in the order written; empty names are dropped.
+    pub dest: Vec<String>,
+    /// Everything after the first `:`, trimmed.
+    pub text: String,
+}
+
+/// Parses the first line a client sends: its login name, trimmed. `None` for a blank line.
+pub fn parse_login(line: &str) -> Option<String> {
+    let name = line.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Parses a message line. Only the first `:` separates destinations from the text, so
+/// `bob: a:b` sends `a:b`. A line without `:` is not a message: `None`.
+pub fn parse_message(line: &str) -> Option<Message> {
+    let (dest, text) = line.split_once(':')?;
+    let dest = dest
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect();
+    Some(Message {
+        dest,
+        text: text.trim().to_string(),
+    })
+}
+// ANCHOR_END: parse
+
+// ANCHOR: run
+/// Serves clients on `listener` until `shutdown` completes, then shuts down gracefully: it
+/// returns once every message already read is written and every connection is closed.
+pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (broker_sender, broker_receiver) = mpsc::unbounded_channel();
+    // Cancelled once, when shutdown begins. Every connection gets a child of it.
+    let shutdown_token = CancellationToken::new();
+    // Every task of the server is spawned on the tracker, so that we can wait for all of them.
+    let tracker = TaskTracker::new();
+    tracker.spawn(broker_loop(broker_receiver, tracker.clone()));
+
+    // ANCHOR: trigger
+    let trigger = async {
+        // Cancels the token when this future ends, however it ends.
+        let _cancel_on_exit = shutdown_token.clone().drop_guard();
+        shutdown.await;
+    };
+    // The accept loop ends when the token is cancelled.
+    tokio::join!(
+        trigger,
+        accept_loop(listener, &broker_sender, &shutdown_token, &tracker)
+    );
+    // ANCHOR_END: trigger
+
+    // ANCHOR: shutdown
+    // 1. We have left the accept loop. 2. Every reader and writer has seen the token
+    // cancelled, or will when it next looks: it stays cancelled.
+    // 3. Drop our own sender to the broker. 4. Each reader stops and drops its sender, so
+    // 5. the broker's channel closes and its receive loop ends. 6. The broker drops the map,
+    // which closes each writer's channel; 7. the writers write what is queued and end.
+    drop(broker_sender);
+    // 8. Wait for every task on the tracker: readers, broker, writers. `wait` returns only
+    // once the tracker is closed and empty; closing it does not stop anyone from spawning on
+    // it (the broker may still start a writer), it only allows `wait` to finish.
+    tracker.close();
+    tracker.wait().await;
+    // ANCHOR_END: shutdown
+    Ok(())
+}
+// ANCHOR_END: run
+
+// ANCHOR: accept_loop
+/// Accepts connections until the token is cancelled, one reader task each; every reader gets
+/// its own clone of the sender to the broker, and a child token.
+///
+/// No `?` here: `accept` fails for reasons that concern one connection (it was reset before we
+/// took it) or that pass (too many open files). Returning the error would end the loop and
+/// with it the whole server, so we log it and go on.
+async fn accept_loop(
+    listener: TcpListener,
+    broker_sender: &Sender<Event>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    // `run_until_cancelled` gives `None` once the token is cancelled, dropping the `accept` in
+    // progress. That is safe because `accept` is cancel safe: a connection it had not returned
+    // yet is not lost half-accepted. Returning drops the listener: no new clients.
+    while let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await {
+        match accepted {
+            Ok((stream, _peer)) => {
+                // ANCHOR: child_token
+                // Cancelled when the server's token is, and cancellable on its own without
+                // touching any other connection (later steps use that to drop one client).
+                let connection_shutdown = shutdown.child_token();
+                // ANCHOR_END: child_token
+                spawn_and_log_error(
+                    tracker,
+                    connection_loop(broker_sender.clone(), stream, connection_shutdown),
+                );
+            }
+            Err(e) => eprintln!("accept failed: {e}"),
+        }
+    }
+}
+// ANCHOR_END: accept_loop
+
+// ANCHOR: connection_loop
+/// Reads one client: its login line, then message lines until it disconnects or shutdown
+/// begins, and turns them into events for the broker. The writing half of the socket goes to
+/// the broker, which hands it to the peer's writer task along with `writer_shutdown`.
+async fn connection_loop(
+    broker: Sender<Event>,
+    stream: TcpStream,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    // Owned halves can move into different tasks: this one reads, the writer task writes.
+    let (reader, writer) = stream.into_split();
+    // `LinesCodec` splits the byte stream at `\n` (dropping a `\r` before it) and checks that
+    // each line is UTF-8. `FramedRead` turns it into a `Stream` of lines.
+    let mut lines = FramedRead::new(reader, LinesCodec::new());
+    // ANCHOR: reader_shutdown
+    // `cancelled()` is made anew on every turn, and that is fine: a token stays cancelled, so
+    // the future completes at once if cancellation came while we were busy elsewhere. Nothing
+    // to pin, nothing to miss.
+
+    // A client that never sends its name must not hold up the shutdown either.
+    let name = tokio::select! {
+        // `biased`: look at the shutdown first, on every turn.
+        biased;
+        () = shutdown.cancelled() => return Ok(()),
+        line = lines.next() => match line {
+            None => return Err("peer disconnected before sending a name".into()),
+            Some(line) => parse_login(&line?).ok_or("peer sent an empty name")?,
+        },
+    };
+    // ANCHOR_END: reader_shutdown
+    eprintln!("{name} logged in");
+    // ANCHOR: shutdown_sender
+    // Nothing is ever sent on this channel (nothing can be: `Void` has no values). Its sender
+    // is dropped when this function ends, however it ends: by returning, by `?` on a read
+    // error, or by a panic. That drop is the writer's signal to stop, and RAII makes sure it
+    // fires exactly once.
+    let (_shutdown_sender, reader_gone) = oneshot::channel::<Void>();
+    // ANCHOR_END: shutdown_sender
+    // Sending fails only if the broker is gone, which cannot happen while we hold a sender
+    // unless it panicked; then the error ends this connection and is logged.
+    broker.send(Event::NewPeer {
+        name: name.clone(),
+        stream: writer,
+        reader_gone,
+        shutdown: shutdown.clone(),
+    })?;
+
+    loop {
+        tokio::select! {
+            // Shutdown is checked first, so a client that keeps sending cannot keep its
+            // reader going once the signal is out: every line after it stays unread.
+            biased;
+            () = shutdown.cancelled() => {
+                eprintln!("{name}: stopped reading, shutting down");
+                break;
+            }
+            line = lines.next() => match line {
+                Some(line) => match parse_message(&line?) {
+                    Some(Message { dest, text }) => broker.send(Event::Message {
+                        from: name.clone(),
+                        dest,
+                        text,
+                    })?,
+                    None => eprintln!("{name}: ignored a line without ':'"),
+                },
+                None => {
+                    eprintln!("{name} disconnected");
+                    break;
+                }
+            },
+        }
+    }
+    Ok(())
+}
+// ANCHOR_END: connection_loop
+
+// ANCHOR: event
+/// A type with no values: a `oneshot::Sender<Void>` can only ever be dropped, never used.
+#[derive(Debug)]
+enum Void {}
+
+/// What readers tell the broker. Every event flows one way: reader -> broker.
+#[derive(Debug)]
+enum Event {
+    /// A client logged in as `name`; `stream` is the half of its socket to write to,
+    /// `reader_gone` completes (with an error: nothing is ever sent) when its reader ends, and
+    /// `shutdown` is the connection's token, cancelled when the server's shutdown begins.
+    NewPeer {
+        name: String,
+        stream: OwnedWriteHalf,
+        reader_gone: oneshot::Receiver<Void>,
+        shutdown: CancellationToken,
+    },
+    /// `from` sent `text` to the peers named in `dest`.
+    Message {
+        from: String,
+        dest: Vec<String>,
+        text: String,
+    },
+}
+// ANCHOR_END: event
+
+// ANCHOR: broker_loop
+/// Owns the map from names to the peers' writer channels, routes messages, and removes a peer
+/// when its writer ends.
+///
+/// One task owns the map, so no lock is needed: every change to it is an event handled here,
+/// one at a time. Invariant: a peer's channel outlives its entry in the map, because a writer
+/// hands its receiver back on the disconnect channel and only then is the entry removed. So a
+/// send to a peer in the map cannot fail, and nothing sent to it vanishes without a trace.
+/// Writers are spawned on `tracker`, so `run` waits for them.
+async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker) {
+    let mut peers: HashMap<String, Sender<String>> = HashMap::new();
+    // Writers send `(name, receiver)` here when they end.
+    let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
+
+    loop {
+        let event = tokio::select! {
+            // Departures first: when a writer has ended and a new login arrives at the same
+            // time, the departed name is free before the login is handled, so a client that
+            // reconnects at once gets its name back.
+            biased;
+            disconnect = disconnect_receiver.recv() => {
+                // `None` cannot happen here: we hold `disconnect_sender` until after the loop.
+                if let Some((name, pending)) = disconnect {
+                    remove_peer(&mut peers, name, pending);
+                }
+                continue;
+            },
+            event = events.recv() => match event {
+                Some(event) => event,
+                // Every reader and the accept loop are gone: no more events will come.
+                None => break,
+            },
+        };
+        match event {
+            Event::Message { from, dest, text } => {
+                for name in dest {
+                    // Unknown destinations are skipped.
+                    if let Some(peer) = peers.get(&name) {
+                        // Cannot fail, by the invariant above. We still handle the error
+                        // rather than `unwrap`: a bug here must not crash the task every
+                        // other client depends on.
+                        if peer.send(format!("from {from}: {text}")).is_err() {
+                            eprintln!("{name} is gone; a message to it was dropped");
+                        }
+                    }
+                }
+            }
+            Event::NewPeer {
+                name,
+                stream,
+                reader_gone,
+                shutdown,
+            } => match peers.entry(name) {
+                // The name is in use. Dropping `stream` closes the newcomer's receiving side,
+                // so it sees the connection end without being registered.
+                Entry::Occupied(entry) => eprintln!("{} is taken; login refused", entry.key()),
+                Entry::Vacant(entry) => {
+                    let (sender, mut receiver) = mpsc::unbounded_channel();
+                    let name = entry.key().clone();
+                    entry.insert(sender);
+                    let disconnect_sender = disconnect_sender.clone();
+                    spawn_and_log_error(&tracker, async move {
+                        let result =
+                            writer_loop(&mut receiver, stream, reader_gone, shutdown).await;
+                        // Hand the receiver back however the writer ended: only now does the
+                        // broker remove the peer. This send fails only once the broker has
+                        // ended, and then nobody needs the peer removed.
+                        let _ = disconnect_sender.send((name, receiver));
+                        result
+                    });
+                }
+            },
+        }
+    }
+
+    // ANCHOR: broker_drain
+    // Dropping the map drops every peer's sender: each writer writes what is queued and ends.
+    // No need to wait for the writers here any more: they are on the tracker, and `run`
+    // waits for everything on it.
+    drop(peers);
+    // ANCHOR_END: broker_drain
+}
+
+/// Removes a peer whose writer ended. Messages still queued for it cannot be written any more
+/// (its client left); the log counts them, so none disappears silently.
+fn remove_peer(
+    peers: &mut HashMap<String, Sender<String>>,
+    name: String,
+    pending: Receiver<String>,
+) {
+    peers.remove(&name);
+    match pending.len() {
+        0 => eprintln!("{name} left"),
+        n => eprintln!("{name} left; {n} messages to it were not delivered"),
+    }
+}
+// ANCHOR_END: broker_loop
+
+// ANCHOR: writer_loop
+/// Writes every message the broker routes to one peer, in order, to its socket.
+///
+/// It ends when its reader ends (the client left: `reader_gone` completes), when its channel
+/// closes (the broker dropped the sender) or when a write fails. Once shutdown has begun it
+/// ends only when its channel closes, after writing everything queued. It borrows `messages`,
+/// so the caller can hand the receiver back to the broker afterwards.
+async fn writer_loop(
+    messages: &mut Receiver<String>,
+    stream: OwnedWriteHalf,
+    mut reader_gone: oneshot::Receiver<Void>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    // The encoder appends the `\n` to each line.
+    let mut lines = FramedWrite::new(stream, LinesCodec::new());
+    // ANCHOR: writer_drain
+    // Once shutdown has begun, our reader stops on its own, while the broker may still route
+    // us messages it read before the signal. So from then on "the reader is gone" no longer
+    // means "the client left": we ignore it and write until the broker closes our channel.
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            // `biased`: the branches are polled in this order, not at random.
+            biased;
+            // A queued message is always written first.
+            message = messages.recv() => match message {
+                Some(message) => lines.send(message).await?,
+                None => break,
+            },
+            // `&mut`: the same receiver is polled on every turn instead of being moved into
+            // the first one.
+            reader_gone = &mut reader_gone, if !shutting_down => match reader_gone {
+                // `Void` has no values, and the compiler knows it: no `Ok` can arrive.
+                Ok(void) => match void {},
+                // The sender was dropped: the reader has ended. Why? The token is a state we
+                // can ask: a reader stops for shutdown only after the token was cancelled,
+                // so if it is not cancelled, the client left.
+                Err(_) if !shutdown.is_cancelled() => break,
+                Err(_) => shutting_down = true,
+            },
+        }
+    }
+    // ANCHOR_END: writer_drain
+    Ok(())
+}
+// ANCHOR_END: writer_loop
+
+// ANCHOR: spawn_and_log_error
+/// Spawns `fut` on `tracker` and logs its error, if any, instead of losing it.
+///
+/// A task's error goes nowhere unless someone awaits its `JoinHandle`, and the accept loop
+/// never does. Logging here means one failing connection is reported and nothing else happens.
+/// Spawning on the tracker (never with a plain `tokio::spawn`, which it would not see) lets
+/// `run` wait for the task.
+fn spawn_and_log_error<F>(tracker: &TaskTracker, fut: F) -> JoinHandle<()>
+where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    tracker.spawn(async move {
+        if let Err(e) = fut.await {
+            eprintln!("connection failed: {e}");
+        }
+    })
+}
+// ANCHOR_END: spawn_and_log_error
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(dest: &[&str], text: &str) -> Option<Message> {
+        Some(Message {
+            dest: dest.iter().map(|d| d.to_string()).collect(),
+            text: text.to_string(),
+        })
+    }
+
+    /// Names and text are trimmed; several destinations are split at commas.
+    #[test]
+    fn trims_names_and_text() {
+        assert_eq!(
+            parse_message(" bob ,  carol :  hi there  "),
+            msg(&["bob", "carol"], "hi there")
+        );
+    }
+
+    /// Only the first `:` separates destinations from the text.
+    #[test]
+    fn colon_inside_text_is_kept() {
+        assert_eq!(parse_message("bob: a:b"), msg(&["bob"], "a:b"));
+    }
+
+    /// A lone `:` is a message with no destinations and no text.
+    #[test]
+    fn lone_colon() {
+        assert_eq!(parse_message(":"), msg(&[], ""));
+    }
+
+    /// Empty names between commas are dropped.
+    #[test]
+    fn empty_destinations_are_dropped() {
+        assert_eq!(parse_message("a,,b: x"), msg(&["a", "b"], "x"));
+        assert_eq!(parse_message(" , : x"), msg(&[], "x"));
+    }
+
+    /// A line without `:` is not a message.
+    #[test]
+    fn line_without_colon_is_not_a_message() {
+        assert_eq!(parse_message("hello bob"), None);
+        assert_eq!(parse_message(""), None);
+    }
+
+    /// A `\r` left by a CRLF line ending is not part of the text or the name.
+    #[test]
+    fn crlf_endings() {
+        assert_eq!(parse_message("bob: hi\r"), msg(&["bob"], "hi"));
+        assert_eq!(parse_login("alice\r"), Some("alice".to_string()));
+    }
+
+    /// The login name is trimmed, and a blank login line is refused.
+    #[test]
+    fn login_line() {
+        assert_eq!(parse_login("  alice "), Some("alice".to_string()));
+        assert_eq!(parse_login(" \t "), None);
+    }
+}
