@@ -443,7 +443,7 @@ pub async fn shutdown(
             "the server was still running {exit_limit:?} after the shutdown began"
         )),
     }
-    let (sent, got) = run.finish_when_closed().await;
+    let (sent, got) = run.finish_when_closed(signalled + exit_limit).await;
     if got.iter().all(|g| g.closed.is_some()) {
         let last = got
             .iter()

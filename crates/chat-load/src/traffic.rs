@@ -46,6 +46,10 @@ pub struct Sent {
     pub count: u64,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
+    /// The connection's writing half, kept open until the run is over: dropping it would
+    /// half-close the connection, and a server rightly removes a client whose reader saw EOF,
+    /// together with the messages still queued for it.
+    pub writer: Option<OwnedWriteHalf>,
 }
 
 /// What one receiver got.
@@ -74,6 +78,8 @@ pub struct Running {
     expected: watch::Sender<Option<Arc<Vec<u64>>>>,
     /// Cancelled to stop every sender (and the progress line).
     pub stop: CancellationToken,
+    /// Cancelled to stop every receiver too: the run is over, whatever is still arriving.
+    abort: CancellationToken,
     plan: Arc<Plan>,
 }
 
@@ -114,6 +120,7 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
     let (expected, expected_rx) = watch::channel(None);
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
     let clients = conns.len() as u32;
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -132,6 +139,7 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
             epoch,
             delivered.clone(),
             closed.clone(),
+            abort.clone(),
         )));
         writers.push((conn.index, conn.writer, closed));
     }
@@ -171,6 +179,7 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
         receivers,
         expected,
         stop,
+        abort,
         plan,
     }
 }
@@ -184,6 +193,7 @@ impl Running {
             sent.push(task.await.unwrap_or_else(|e| Sent {
                 count: 0,
                 error: Some(format!("a sender task failed: {e}")),
+                writer: None,
             }));
         }
         let n = self.plan.clients();
@@ -204,16 +214,24 @@ impl Running {
         (sent, got)
     }
 
-    /// For a shutdown: waits for every receiver to see its connection close, then stops the
-    /// senders that are still writing and collects them.
-    pub async fn finish_when_closed(self) -> (Vec<Sent>, Vec<Got>) {
+    /// For a shutdown: waits for every receiver to see its connection close (receivers still
+    /// open at `deadline` stop with an error), then stops the senders that are still writing
+    /// and collects them.
+    pub async fn finish_when_closed(self, deadline: Instant) -> (Vec<Sent>, Vec<Got>) {
+        let abort = self.abort.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            abort.cancel();
+        });
         let got = join_receivers(self.receivers).await;
+        timer.abort();
         self.stop.cancel();
         let mut sent = Vec::new();
         for task in self.senders {
             sent.push(task.await.unwrap_or_else(|e| Sent {
                 count: 0,
                 error: Some(format!("a sender task failed: {e}")),
+                writer: None,
             }));
         }
         (sent, got)
@@ -250,6 +268,36 @@ async fn send(
     epoch: Instant,
     stall: Duration,
 ) -> Sent {
+    let (count, error) = send_all(
+        &mut writer,
+        me,
+        destinations,
+        messages,
+        pace,
+        stop,
+        epoch,
+        stall,
+    )
+    .await;
+    Sent {
+        count,
+        error,
+        writer: Some(writer),
+    }
+}
+
+/// Writes the messages; returns how many were fully written and why it stopped early.
+#[allow(clippy::too_many_arguments)]
+async fn send_all(
+    writer: &mut OwnedWriteHalf,
+    me: u32,
+    destinations: Vec<u8>,
+    messages: Option<u64>,
+    pace: Pacing,
+    stop: CancellationToken,
+    epoch: Instant,
+    stall: Duration,
+) -> (u64, Option<String>) {
     let mut seq = 0;
     let mut buf = Vec::with_capacity(BATCH as usize * (destinations.len() + 40));
     let limit = messages.unwrap_or(u64::MAX);
@@ -278,26 +326,18 @@ async fn send(
         match written {
             Ok(Ok(())) => seq = batch_end,
             Ok(Err(e)) => {
-                return Sent {
-                    count: seq,
-                    error: Some(format!("client {me}: writing failed: {e}")),
-                };
+                return (seq, Some(format!("client {me}: writing failed: {e}")));
             }
             Err(_) => {
-                return Sent {
-                    count: seq,
-                    error: Some(format!(
-                        "client {me}: the server took none of {} bytes for {stall:?}",
-                        buf.len()
-                    )),
-                };
+                let why = format!(
+                    "client {me}: the server took none of {} bytes for {stall:?}",
+                    buf.len()
+                );
+                return (seq, Some(why));
             }
         }
     }
-    Sent {
-        count: seq,
-        error: None,
-    }
+    (seq, None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -312,6 +352,7 @@ async fn receive(
     epoch: Instant,
     delivered: Arc<AtomicU64>,
     closed: CancellationToken,
+    abort: CancellationToken,
 ) -> Got {
     let mut inbox = Inbox::new(me);
     let mut latency = histogram();
@@ -331,6 +372,12 @@ async fn receive(
                     break Err("the run ended before the expected counts were known".to_string());
                 }
                 continue;
+            }
+            () = abort.cancelled() => {
+                break Err(format!(
+                    "{}: the connection was still open when the run's deadline passed",
+                    names.name(me)
+                ));
             }
             read = reader.next_line(stall) => read,
         };

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use chat_load::Summary;
+use chat_load::{Stopper, Summary, Target, scenario};
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
@@ -56,11 +56,13 @@ fn assert_clean(s: &Summary, output: &Output) {
     );
 }
 
-/// Fan-out against step 02 delivers every message to each of its recipients, and the summary
-/// counts them all and measures the server (this test process) through /proc.
+/// Fan-out against step 03 delivers every message to each of its recipients, and the summary
+/// counts them all and measures the server (this test process) through /proc. Step 03 removes a
+/// client whose reader sees EOF, so this also proves the tool keeps every connection open until
+/// its last message has arrived.
 #[tokio::test]
 async fn fan_out_delivers_everything() {
-    let server = testkit::start(step_02::run).await;
+    let server = testkit::start(step_03::run).await;
     let addr = server.addr().to_string();
     let pid = std::process::id().to_string();
     let (s, output) = summary(&[
@@ -91,7 +93,7 @@ async fn fan_out_delivers_everything() {
 /// ordered percentiles over every delivery.
 #[tokio::test]
 async fn latency_reports_percentiles() {
-    let server = testkit::start(step_02::run).await;
+    let server = testkit::start(step_03::run).await;
     let addr = server.addr().to_string();
     // 2 000 deliveries/s over 4 clients × 2 recipients for 1 s: 250 messages per client.
     let (s, output) = summary(&[
@@ -295,4 +297,94 @@ async fn detects_faults_on_the_wire() {
         assert_eq!(counts, expected, "{fault:?}: {s:?}");
     }
     server.shutdown().await;
+}
+
+/// Runs the shutdown scenario against an in-process server: the tool's trigger asks the server
+/// to shut down (as SIGINT does to the binary) and the server's `run` returning counts as its
+/// exit. Returns the summary and whether `run` returned `Ok` within 10 s.
+///
+/// In-process rather than the real binary because a test can only find the binaries of its own
+/// package; the signal path (`Stopper::signal`, /proc polling) is the same code the `bench`
+/// command runs against real binaries.
+async fn shutdown_in_process<F, Fut, E>(run: F, exit_limit: Duration) -> (Summary, bool)
+where
+    F: FnOnce(TcpListener, testkit::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let mut server = testkit::start(run).await;
+    let addr = server.addr();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let keeper = tokio::spawn(async move {
+        // A dropped trigger means the scenario gave up before shutting down; stop anyway.
+        let _ = go_rx.await;
+        server.trigger_shutdown();
+        // Fails (panics this task) unless `run` returns Ok within testkit's 10 s.
+        server.finished().await;
+        let _ = done.send(());
+    });
+    let stopper = Stopper::new(
+        move || {
+            go.send(())
+                .map_err(|()| "the task holding the server is gone".into())
+        },
+        async move {
+            let _ = done_rx.await;
+        },
+    );
+    let mut target = Target::new(addr);
+    target.stall = Duration::from_secs(5);
+    let summary = scenario::shutdown(
+        &target,
+        6,
+        3,
+        Some(6_000.0),
+        Duration::from_millis(300),
+        stopper,
+        exit_limit,
+    )
+    .await
+    .expect("the shutdown scenario ran");
+    let finished = matches!(
+        tokio::time::timeout(Duration::from_secs(15), keeper).await,
+        Ok(Ok(()))
+    );
+    (summary, finished)
+}
+
+/// With clients writing when step 04 shuts down, every message the server accepted is
+/// delivered before the connections close, the server finishes, and the summary says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delivers_every_accepted_message() {
+    let (s, finished) = shutdown_in_process(step_04::run, Duration::from_secs(10)).await;
+    assert!(
+        finished,
+        "step 04's run did not return Ok after the shutdown"
+    );
+    assert!(s.ok, "{s:?}");
+    assert_eq!(
+        (s.lost, s.duplicated, s.reordered, s.misdelivered),
+        (0, 0, 0, 0)
+    );
+    let accepted = s.accepted.expect("an accepted count");
+    assert!(
+        accepted > 0,
+        "nothing was accepted, so nothing was proved: {s:?}"
+    );
+    // Nothing lost: each recipient got exactly the accepted prefix of each of its 3 senders.
+    assert_eq!(s.deliveries, accepted * 3, "{s:?}");
+    assert!(s.exit_s.is_some() && s.closed_s.is_some(), "{s:?}");
+    let back: Summary = serde_json::from_str(&s.to_json()).expect("the summary's JSON");
+    assert_eq!(back.accepted, s.accepted);
+}
+
+/// A server whose shutdown only stops accepting (step 02) leaves connections open: the shutdown
+/// scenario fails and says so instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_when_connections_stay_open() {
+    let (s, _) = shutdown_in_process(step_02::run, Duration::from_secs(2)).await;
+    assert!(!s.ok, "{s:?}");
+    let failure = s.failure.unwrap_or_default();
+    assert!(failure.contains("still open"), "{failure}");
 }
