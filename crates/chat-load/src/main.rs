@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chat_load::{Error, Stopper, Summary, Target, scenario, sys};
+use chat_load::{Error, Stopper, Summary, Target, bench, scenario, sys};
 use clap::{Parser, Subcommand};
 
 /// Load tool for a-chat servers: every delivery is checked, and the run fails on any lost,
@@ -83,9 +83,22 @@ enum Scenario {
         /// Seconds of traffic before the signal.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
-        /// Seconds the server may take to exit.
+        /// Seconds the server may take to exit and close every connection.
         #[arg(long, default_value_t = 30.0)]
         exit_timeout: f64,
+    },
+    /// Starts each server binary on 127.0.0.1:0 once per scenario, runs the four scenarios
+    /// with the numbers, and writes measurements.md and measurements.svg.
+    Bench {
+        /// A server to measure, as LABEL=PATH (e.g. step-05=target/release/step-05); repeat.
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
+        /// Where to write measurements.md and measurements.svg.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// Small numbers, to check that the benchmark works.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -133,20 +146,24 @@ fn seconds(s: f64, what: &str) -> Result<Duration, Error> {
 }
 
 async fn run(cli: Cli) -> Result<Summary, Error> {
-    let addr = chat_load::net::resolve_loopback(&cli.addr).await?;
-    let mut target = Target::new(addr);
-    target.stall = seconds(cli.stall_timeout, "--stall-timeout")?;
-    target.login_concurrency = cli.login_concurrency;
-    target.progress = !cli.quiet;
-    if let Some(pid) = cli.server_pid {
-        target.probe = Some(sys::Probe::new(pid)?);
-    }
+    let progress = !cli.quiet;
+    let target = || async {
+        let addr = chat_load::net::resolve_loopback(&cli.addr).await?;
+        let mut target = Target::new(addr);
+        target.stall = seconds(cli.stall_timeout, "--stall-timeout")?;
+        target.login_concurrency = cli.login_concurrency;
+        target.progress = progress;
+        if let Some(pid) = cli.server_pid {
+            target.probe = Some(sys::Probe::new(pid)?);
+        }
+        Ok::<_, Error>(target)
+    };
     match cli.scenario {
         Scenario::FanOut {
             clients,
             messages,
             recipients,
-        } => scenario::fan_out(&target, clients, messages, recipients).await,
+        } => scenario::fan_out(&target().await?, clients, messages, recipients).await,
         Scenario::Latency {
             clients,
             recipients,
@@ -154,10 +171,10 @@ async fn run(cli: Cli) -> Result<Summary, Error> {
             duration,
         } => {
             let duration = seconds(duration, "--duration")?;
-            scenario::latency(&target, clients, recipients, rate, duration).await
+            scenario::latency(&target().await?, clients, recipients, rate, duration).await
         }
         Scenario::Connections { clients, sample } => {
-            scenario::connections(&target, clients, sample).await
+            scenario::connections(&target().await?, clients, sample).await
         }
         Scenario::Shutdown {
             clients,
@@ -166,6 +183,7 @@ async fn run(cli: Cli) -> Result<Summary, Error> {
             warmup,
             exit_timeout,
         } => {
+            let target = target().await?;
             let probe = target
                 .probe
                 .ok_or("the shutdown scenario sends SIGINT to the server: give --server-pid")?;
@@ -178,5 +196,56 @@ async fn run(cli: Cli) -> Result<Summary, Error> {
             )
             .await
         }
+        Scenario::Bench {
+            ref servers,
+            ref out,
+            quick,
+        } => bench(servers, out, quick, progress).await,
     }
+}
+
+/// Runs the benchmark; its summary says whether every run passed its checks.
+async fn bench(
+    servers: &[String],
+    out: &std::path::Path,
+    quick: bool,
+    progress: bool,
+) -> Result<Summary, Error> {
+    let servers = servers
+        .iter()
+        .map(|s| {
+            let (label, path) = s
+                .split_once('=')
+                .ok_or_else(|| format!("--server takes LABEL=PATH, got `{s}`"))?;
+            Ok(bench::Server {
+                label: label.to_string(),
+                binary: path.into(),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut config = if quick {
+        bench::Config::quick(servers)
+    } else {
+        bench::Config::standard(servers)
+    };
+    config.progress = progress;
+    let report = bench::run(&config).await;
+    report
+        .write(out)
+        .map_err(|e| format!("cannot write into {}: {e}", out.display()))?;
+    let mut summary = Summary::new("bench", "127.0.0.1:0");
+    summary.problems = report.failures();
+    if !summary.problems.is_empty() {
+        summary.fail(format!(
+            "{} runs failed a check or did not run",
+            summary.problems.len()
+        ));
+    }
+    summary.judge();
+    eprintln!(
+        "wrote {} and {}",
+        out.join("measurements.md").display(),
+        out.join("measurements.svg").display()
+    );
+    Ok(summary)
 }
