@@ -222,7 +222,9 @@ async fn broker_loop(mut events: Receiver<Event>) {
                 reader_gone,
             } => match peers.entry(name) {
                 // The name is in use. Dropping `stream` closes the newcomer's receiving side,
-                // so it sees the connection end without being registered.
+                // so it sees the connection end without being registered. Limitation: its
+                // reader is not told and goes on sending lines under that name; the hardening
+                // step answers a taken name with an error and closes the whole connection.
                 Entry::Occupied(entry) => eprintln!("{} is taken; login refused", entry.key()),
                 Entry::Vacant(entry) => {
                     let (sender, mut receiver) = mpsc::unbounded_channel();
