@@ -353,30 +353,42 @@ where
     (summary, finished)
 }
 
-/// With clients writing when step 04 shuts down, every message the server accepted is
-/// delivered before the connections close, the server finishes, and the summary says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_delivers_every_accepted_message() {
-    let (s, finished) = shutdown_in_process(step_04::run, Duration::from_secs(10)).await;
+fn assert_shutdown_clean(step: &str, s: &Summary, finished: bool) {
     assert!(
         finished,
-        "step 04's run did not return Ok after the shutdown"
+        "{step}'s run did not return Ok after the shutdown"
     );
-    assert!(s.ok, "{s:?}");
+    assert!(s.ok, "{step}: {s:?}");
     assert_eq!(
         (s.lost, s.duplicated, s.reordered, s.misdelivered),
-        (0, 0, 0, 0)
+        (0, 0, 0, 0),
+        "{step}"
     );
     let accepted = s.accepted.expect("an accepted count");
     assert!(
         accepted > 0,
-        "nothing was accepted, so nothing was proved: {s:?}"
+        "{step}: nothing was accepted, so nothing was proved: {s:?}"
     );
     // Nothing lost: each recipient got exactly the accepted prefix of each of its 3 senders.
-    assert_eq!(s.deliveries, accepted * 3, "{s:?}");
-    assert!(s.exit_s.is_some() && s.closed_s.is_some(), "{s:?}");
+    assert_eq!(s.deliveries, accepted * 3, "{step}: {s:?}");
+    assert!(s.exit_s.is_some() && s.closed_s.is_some(), "{step}: {s:?}");
     let back: Summary = serde_json::from_str(&s.to_json()).expect("the summary's JSON");
     assert_eq!(back.accepted, s.accepted);
+}
+
+/// With clients writing when step 05 shuts down, every message the server accepted is
+/// delivered before the connections close, the server finishes, and the summary says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_of_step_05_delivers_every_accepted_message() {
+    let (s, finished) = shutdown_in_process(step_05::run, Duration::from_secs(10)).await;
+    assert_shutdown_clean("step 05", &s, finished);
+}
+
+/// The same for step 04, the first step with a graceful shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_of_step_04_delivers_every_accepted_message() {
+    let (s, finished) = shutdown_in_process(step_04::run, Duration::from_secs(10)).await;
+    assert_shutdown_clean("step 04", &s, finished);
 }
 
 /// A server whose shutdown only stops accepting (step 02) leaves connections open: the shutdown
