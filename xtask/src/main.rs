@@ -1,5 +1,114 @@
-//! Project tooling, run as `cargo xtask <command>`.
+//! Project tooling, run as `cargo xtask <command>` from anywhere in the repository.
+//!
+//! One place for everything that is not a step crate: reading the book, the book checks, the
+//! generated files (diffs between steps, recorded terminal sessions, diagrams) and `ci`, the
+//! single command that CI and the README use to run every check.
 
-fn main() {
-    eprintln!("usage: cargo xtask <command>");
+mod bookcheck;
+mod browser;
+mod ci;
+mod diagram;
+mod generated;
+mod mdbook;
+mod process;
+mod workspace;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+/// The commands, with the one-line help `cargo xtask help` prints.
+const COMMANDS: &[(&str, &str)] = &[
+    (
+        "book",
+        "install mdBook if needed, then serve the book on http://localhost:3000 \
+         (rebuilds when a chapter or a step's code changes)",
+    ),
+    (
+        "gen",
+        "regenerate every generated file (step diffs, terminal sessions, diagrams)",
+    ),
+    (
+        "check-book",
+        "check the book's sources: includes, anchors, code blocks, step list, freshness",
+    ),
+    (
+        "new-chapter",
+        "new-chapter <steps/dir>: write the skeleton chapter of a new step and list it in \
+         SUMMARY.md",
+    ),
+    (
+        "ci",
+        "run every check: fmt, clippy, tests, book checks, generated files, mdbook build, browser",
+    ),
+    ("help", "list these commands"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    let root = workspace::root();
+    let command = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    match command {
+        "book" => {
+            no_args(command, rest)?;
+            mdbook::serve(&root)?;
+        }
+        "gen" => {
+            no_args(command, rest)?;
+            generated::write_all(&root)?;
+        }
+        "check-book" => {
+            no_args(command, rest)?;
+            let problems = bookcheck::check(&root)?;
+            let mut problems = problems;
+            problems.extend(generated::stale(&root)?);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                bail!("{} problem(s) in the book", problems.len());
+            }
+            println!("book sources OK");
+        }
+        "new-chapter" => match rest {
+            [dir] => bookcheck::new_chapter(&root, dir)?,
+            _ => bail!("usage: cargo xtask new-chapter steps/step-NN-topic"),
+        },
+        "ci" => {
+            no_args(command, rest)?;
+            return ci::run(&root);
+        }
+        "help" | "-h" | "--help" => help(),
+        other => {
+            help();
+            bail!("unknown command `{other}`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn no_args(command: &str, rest: &[String]) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        bail!("`cargo xtask {command}` takes no arguments, got {rest:?}")
+    }
+}
+
+fn help() {
+    println!("usage: cargo xtask <command>\n\ncommands:");
+    for (name, what) in COMMANDS {
+        println!("  {name:<12} {what}");
+    }
 }

@@ -1,0 +1,217 @@
+//! `cargo xtask ci`: every check, in one command, the same on a laptop and in CI.
+//!
+//! Each stage prints a header; all stages run even when one fails (so one run shows everything
+//! that is wrong), then a summary, and the exit code is non-zero if any stage failed.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{bookcheck, browser, generated, mdbook, process};
+
+/// One stage of the check.
+struct Stage {
+    name: &'static str,
+    run: fn(&Path) -> Result<()>,
+}
+
+const STAGES: &[Stage] = &[
+    Stage {
+        name: "format (cargo fmt --all --check)",
+        run: fmt,
+    },
+    Stage {
+        name: "lints (cargo clippy --workspace --all-targets --locked -- -D warnings)",
+        run: clippy,
+    },
+    Stage {
+        name: "tests (cargo test --workspace --locked)",
+        run: test,
+    },
+    Stage {
+        name: "book sources (includes, anchors, code blocks, step list)",
+        run: book_sources,
+    },
+    Stage {
+        name: "generated files are fresh (diffs, sessions, diagrams)",
+        run: fresh,
+    },
+    Stage {
+        name: "mdbook build (no error or warning)",
+        run: mdbook::build,
+    },
+    Stage {
+        name: "browser (every page in headless Chromium)",
+        run: browser,
+    },
+];
+
+/// Runs every stage and prints a summary.
+pub fn run(root: &Path) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mut results: Vec<(&str, Duration, Result<()>)> = Vec::new();
+    for stage in STAGES {
+        println!("\n==> {}", stage.name);
+        let t = Instant::now();
+        let result = (stage.run)(root);
+        if let Err(e) = &result {
+            eprintln!("\nFAILED: {}\n{e:#}", stage.name);
+        }
+        results.push((stage.name, t.elapsed(), result));
+    }
+
+    println!("\n==> summary");
+    let mut failed = 0;
+    for (name, took, result) in &results {
+        let mark = if result.is_ok() { "ok  " } else { "FAIL" };
+        failed += usize::from(result.is_err());
+        println!("  {mark} {:>6.1} s  {name}", took.as_secs_f64());
+    }
+    let total = started.elapsed().as_secs_f64();
+    if failed == 0 {
+        println!("\nall {} checks passed in {total:.0} s", results.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "\n{failed} of {} checks failed ({total:.0} s); details above",
+            results.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn fmt(root: &Path) -> Result<()> {
+    ensure_component(root, "fmt", "rustfmt")?;
+    process::run(process::cargo(root).args(["fmt", "--all", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")
+}
+
+fn clippy(root: &Path) -> Result<()> {
+    ensure_component(root, "clippy", "clippy")?;
+    process::run(process::cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test(root: &Path) -> Result<()> {
+    process::run(process::cargo(root).args(["test", "--workspace", "--locked"]))
+}
+
+fn book_sources(root: &Path) -> Result<()> {
+    report(bookcheck::check(root)?)
+}
+
+fn fresh(root: &Path) -> Result<()> {
+    report(generated::stale(root)?)
+}
+
+fn report(problems: Vec<bookcheck::Problem>) -> Result<()> {
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    bail!("{} problem(s)", problems.len())
+}
+
+/// Installs a rustup component (rustfmt, clippy) when `cargo <sub>` is missing, so a minimal
+/// toolchain works too.
+fn ensure_component(root: &Path, sub: &str, component: &str) -> Result<()> {
+    let works = process::output(process::cargo(root).args([sub, "--version"]))
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    if !process::on_path("rustup") {
+        bail!("`cargo {sub}` is not installed and there is no rustup to add `{component}`");
+    }
+    println!("installing the {component} component");
+    process::run(Command::new("rustup").args(["component", "add", component]))
+}
+
+/// Opens the built book in headless Chromium, installing Debian's `chromium` and
+/// `chromium-driver` first when they are missing.
+fn browser(root: &Path) -> Result<()> {
+    let html = root.join(mdbook::BUILD_DIR);
+    if !html.join("index.html").is_file() {
+        bail!(
+            "there is no built book in {}: the mdbook stage failed",
+            html.display()
+        );
+    }
+    ensure_chromium()?;
+    let out = root.join("target/browser-check");
+    browser::check(&html, &out)?;
+    println!("screenshots in {}", workspace_rel(root, &out));
+    Ok(())
+}
+
+fn workspace_rel(root: &Path, path: &Path) -> String {
+    crate::workspace::rel(root, path).display().to_string()
+}
+
+/// Installs `chromium` and `chromium-driver` with apt-get when either is missing: as root
+/// directly, otherwise through `sudo -n` (never prompting: CI has no stdin).
+fn ensure_chromium() -> Result<()> {
+    if process::on_path("chromium") && process::on_path("chromedriver") {
+        return Ok(());
+    }
+    if !process::on_path("apt-get") {
+        bail!(
+            "the browser check needs Chromium and chromedriver, and this machine has no apt-get \
+             to install them: install `chromium` and `chromedriver` (on Debian: the `chromium` \
+             and `chromium-driver` packages) and run again"
+        );
+    }
+    let root_user = process::output(Command::new("id").arg("-u"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let prefix: &[&str] = if root_user {
+        &[]
+    } else if process::on_path("sudo") {
+        &["sudo", "-n"]
+    } else {
+        bail!(
+            "the browser check needs Debian's `chromium` and `chromium-driver` packages; \
+             installing them needs root, and this user is not root and has no sudo. Run \
+             `apt-get install chromium chromium-driver` as root, then run again"
+        );
+    };
+    println!("installing chromium and chromium-driver with apt-get");
+    let apt = |args: &[&str]| {
+        let all: Vec<&str> = prefix
+            .iter()
+            .chain(["apt-get"].iter())
+            .chain(args)
+            .copied()
+            .collect();
+        let mut cmd = Command::new(all[0]);
+        cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        process::run(&mut cmd)
+    };
+    apt(&["update"]).context("apt-get update (before installing Chromium)")?;
+    apt(&[
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "chromium",
+        "chromium-driver",
+    ])
+    .context("installing Chromium with apt-get (with sudo, the user needs passwordless sudo)")?;
+    if !(process::on_path("chromium") && process::on_path("chromedriver")) {
+        bail!(
+            "apt-get installed chromium and chromium-driver, but `chromium` or `chromedriver` is still not on PATH"
+        );
+    }
+    Ok(())
+}
