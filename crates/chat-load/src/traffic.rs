@@ -384,9 +384,10 @@ async fn receive(
         match read {
             Ok(line) => {
                 if let Outcome::Delivered { sent_at_ns } = inbox.receive(&plan, &names, line) {
-                    let now = epoch.elapsed().as_nanos() as u64;
+                    let arrived = reader.read_at();
+                    let now = arrived.duration_since(epoch).as_nanos() as u64;
                     latency.saturating_record(now.saturating_sub(sent_at_ns).max(1));
-                    last = Some(Instant::now());
+                    last = Some(arrived);
                     unflushed += 1;
                     // Flush in batches under load, and before waiting on an empty socket.
                     if unflushed == FLUSH_EVERY || !reader.has_buffered() {
