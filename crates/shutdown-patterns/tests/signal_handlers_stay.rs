@@ -2,8 +2,11 @@
 //! handler tokio installed, this signal would end the whole test process.
 #![cfg(unix)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::send_to_self;
 use shutdown_patterns::when::Signals;
 
 /// Once installed, a signal handler stays after every listener is dropped: a later SIGTERM no
@@ -12,10 +15,7 @@ use shutdown_patterns::when::Signals;
 async fn handlers_stay_installed_after_the_listener_is_dropped() {
     let signals = Signals::install().expect("signal handlers install");
     drop(signals);
-    // SAFETY: kill(2) with our own pid and a valid signal number has no memory effects.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill(getpid(), SIGTERM) failed");
+    send_to_self(libc::SIGTERM);
     // Give the signal time to arrive; with the default action it would end the process here.
     tokio::time::sleep(Duration::from_millis(200)).await;
 }

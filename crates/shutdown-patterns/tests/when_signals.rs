@@ -2,18 +2,13 @@
 //! reaches every listener in the process, and other tests' listeners would hear it too.
 #![cfg(unix)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::send_to_self;
 use shutdown_patterns::when::{Reason, shutdown_requests};
 use tokio::time::timeout;
-
-/// Sends `signal` to this very process.
-fn send_to_self(signal: libc::c_int) {
-    // SAFETY: kill(2) with our own pid and a valid signal number has no memory effects.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::kill(libc::getpid(), signal) };
-    assert_eq!(rc, 0, "kill(getpid(), {signal}) failed");
-}
 
 /// SIGTERM and SIGINT, sent for real, arrive as reasons to stop instead of killing the process.
 #[tokio::test]
