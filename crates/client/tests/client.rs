@@ -12,8 +12,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-/// The newest server step in the workspace: the client is tried against the real thing.
-use step_04::run as server;
+/// The final server of the book, step 05: the client is tried against the real thing.
+use step_05::run as server;
 
 /// How long the client may take to exit once it has a reason to.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
