@@ -4,9 +4,11 @@
 
 mod args;
 
+use std::future::Future;
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::process::ExitCode;
+use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
@@ -87,11 +89,21 @@ async fn run(args: Args) -> Result<Ending> {
 
     // The protocol: the first line is the login name.
     to_server.send(name.as_str()).await.map_err(lost)?;
+
+    // `ctrl_c()` installs its handler when it is first polled, not when it is called. Polling it
+    // once here means that from the "connected" line on, Ctrl-C completes this future instead
+    // of killing the process. (Until now the default still applies, which is what we want
+    // while connecting: Ctrl-C ends a connect that hangs.)
+    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
+    if let Poll::Ready(signal) = futures::poll!(ctrl_c.as_mut()) {
+        signal.map_err(|e| format!("could not listen for Ctrl-C: {e}"))?;
+        return Ok(Ending::Interrupted);
+    }
     eprintln!(
         "connected to {} as {name}. Type `NAME: message` to chat; Ctrl-D leaves.",
         args.addr
     );
-    chat(from_server, to_server, input).await
+    chat(from_server, to_server, input, ctrl_c).await
 }
 // ANCHOR_END: run
 
@@ -161,11 +173,10 @@ async fn chat(
     mut from_server: FramedRead<OwnedReadHalf, LinesCodec>,
     mut to_server: FramedWrite<OwnedWriteHalf, LinesCodec>,
     mut input: mpsc::Receiver<String>,
+    // Pinned once, outside the loop, so every turn waits on the same, already installed,
+    // signal listener.
+    mut ctrl_c: Pin<&mut impl Future<Output = io::Result<()>>>,
 ) -> Result<Ending> {
-    // Created and pinned once, outside the loop, so every iteration waits on the same signal
-    // listener. Its handler is installed when the first `select!` polls it; from then on Ctrl-C
-    // no longer kills the process, it completes this future.
-    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
     // Armed only once input has ended: it bounds the wait for the server to close.
     let mut grace = pin!(tokio::time::sleep(CLOSE_GRACE));
     let mut input_ended = false;
@@ -197,7 +208,7 @@ async fn chat(
                 }
             },
             () = &mut grace, if input_ended => return Ok(Ending::ServerKeptOpen),
-            signal = &mut ctrl_c => {
+            signal = ctrl_c.as_mut() => {
                 signal.map_err(|e| format!("could not listen for Ctrl-C: {e}"))?;
                 return Ok(Ending::Interrupted);
             }

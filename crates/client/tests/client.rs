@@ -428,12 +428,15 @@ async fn bad_arguments_show_usage() {
     client.expect_stderr("usage: client").await;
 }
 
-/// Ctrl-C ends the session at once: the client says so and exits with 130, stdin still open.
+/// Ctrl-C ends the session at once, from the moment the client says it is connected: it
+/// prints a message and exits with 130, its stdin still open.
 #[tokio::test]
 async fn ctrl_c_exits() {
     let server = testkit::start(server).await;
-    // Once a message went round, the chat loop has polled `ctrl_c` and its handler exists.
-    let mut alice = ClientProcess::login(server.addr(), "alice").await;
+    let mut alice = ClientProcess::start(&[&server.addr().to_string(), "--name", "alice"]);
+    // No round trip first: the handler must exist as soon as this line is printed, or the
+    // signal kills the process and the exit status has no code.
+    alice.expect_stderr("connected to").await;
     alice.interrupt().await;
     let status = alice.wait_exit().await;
     assert_eq!(status.code(), Some(130), "exit status {status:?}");
