@@ -66,6 +66,7 @@ pub fn parse_message(line: &str) -> Option<Message> {
 // ANCHOR_END: parse
 
 // ANCHOR: run
+// ANCHOR: serve
 /// Serves clients on `listener` until `shutdown` completes, then shuts down gracefully: it
 /// returns once every message already read is written and every connection is closed.
 pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -82,8 +83,14 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> R
         // had not returned yet is not lost half-accepted.
         () = shutdown => {}
     }
+    // ANCHOR_END: serve
 
     // ANCHOR: shutdown
+    // ANCHOR: exercise_shutdown
+    // Shut down in order: ring `shutdown_notify`, drop `broker_sender`, then await `broker`.
+    // Each layer ends once the layer upstream has dropped its senders; the broker ends last,
+    // after every writer, so awaiting it waits for the whole server.
+
     // 1. We have left the accept loop. 2. Tell every reader (and writer) that we stop.
     shutdown_notify.notify_waiters();
     // 3. Drop our own sender to the broker. 4. Each reader stops and drops its sender, so
@@ -95,6 +102,7 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> R
     broker.await?;
     // ANCHOR_END: shutdown
     Ok(())
+    // ANCHOR_END: exercise_shutdown
 }
 // ANCHOR_END: run
 
@@ -109,6 +117,8 @@ async fn accept_loop(listener: TcpListener, broker_sender: &Sender<Event>, shutd
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                // ANCHOR: exercise_notify_before_spawn
+                // Make this connection's two `Notified` futures now, then spawn its reader.
                 // ANCHOR: notified_owned
                 // `notify_waiters` only reaches `Notified` futures that exist when it is
                 // called. A spawned task may first run after that, so the futures are made
@@ -123,6 +133,7 @@ async fn accept_loop(listener: TcpListener, broker_sender: &Sender<Event>, shutd
                     reader_shutdown,
                     writer_shutdown,
                 ));
+                // ANCHOR_END: exercise_notify_before_spawn
             }
             Err(e) => eprintln!("accept failed: {e}"),
         }
@@ -179,6 +190,9 @@ async fn connection_loop(
         shutdown: writer_shutdown,
     })?;
 
+    // ANCHOR: exercise_reader_loop
+    // Forward message lines to the broker until the client leaves or shutdown begins.
+    // Race `lines.next()` against the pinned `shutdown`, polled through `&mut`, shutdown first.
     loop {
         tokio::select! {
             // Shutdown is checked first, so a client that keeps sending cannot keep its
@@ -205,6 +219,7 @@ async fn connection_loop(
         }
     }
     Ok(())
+    // ANCHOR_END: exercise_reader_loop
 }
 // ANCHOR_END: connection_loop
 
@@ -355,6 +370,8 @@ async fn writer_loop(
     let mut lines = FramedWrite::new(stream, LinesCodec::new());
     let mut shutdown = pin!(shutdown);
     // ANCHOR: writer_drain
+    // ANCHOR: exercise_writer_drain
+    // Write messages until the channel closes; stop early only if the client left first.
     // Once shutdown has begun, our reader stops on its own, while the broker may still route
     // us messages it read before the signal. So from then on "the reader is gone" no longer
     // means "the client left": we ignore it and write until the broker closes our channel.
@@ -384,6 +401,7 @@ async fn writer_loop(
     }
     // ANCHOR_END: writer_drain
     Ok(())
+    // ANCHOR_END: exercise_writer_drain
 }
 // ANCHOR_END: writer_loop
 

@@ -66,6 +66,7 @@ pub fn parse_message(line: &str) -> Option<Message> {
 // ANCHOR_END: parse
 
 // ANCHOR: run
+// ANCHOR: serve
 /// Serves clients on `listener` until `shutdown` completes, then shuts down gracefully: it
 /// returns once every message already read is written and every connection is closed.
 pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -76,6 +77,10 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> R
     let tracker = TaskTracker::new();
     tracker.spawn(broker_loop(broker_receiver, tracker.clone()));
 
+    // ANCHOR: exercise_run
+    // Serve until `shutdown` completes; then cancel the token and wait for every task.
+    // A drop guard cancels `shutdown_token` when the trigger ends, while the accept loop runs
+    // beside it; then we drop `broker_sender`, close `tracker` and wait for it.
     // ANCHOR: trigger
     let trigger = async {
         // Cancels the token when this future ends, however it ends.
@@ -88,6 +93,7 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> R
         accept_loop(listener, &broker_sender, &shutdown_token, &tracker)
     );
     // ANCHOR_END: trigger
+    // ANCHOR_END: serve
 
     // ANCHOR: shutdown
     // 1. We have left the accept loop. 2. Every reader and writer has seen the token
@@ -103,6 +109,7 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> R
     tracker.wait().await;
     // ANCHOR_END: shutdown
     Ok(())
+    // ANCHOR_END: exercise_run
 }
 // ANCHOR_END: run
 
@@ -119,6 +126,8 @@ async fn accept_loop(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
+    // ANCHOR: exercise_accept_loop
+    // Accept connections until `shutdown` is cancelled; spawn each on `tracker` with a child token.
     // `run_until_cancelled` gives `None` once the token is cancelled, dropping the `accept` in
     // progress. That is safe because `accept` is cancel safe: a connection it had not returned
     // yet is not lost half-accepted. Returning drops the listener: no new clients.
@@ -138,6 +147,7 @@ async fn accept_loop(
             Err(e) => eprintln!("accept failed: {e}"),
         }
     }
+    // ANCHOR_END: exercise_accept_loop
 }
 // ANCHOR_END: accept_loop
 
@@ -188,6 +198,9 @@ async fn connection_loop(
         shutdown: shutdown.clone(),
     })?;
 
+    // ANCHOR: exercise_reader_loop
+    // Forward message lines to the broker until the client leaves or shutdown begins.
+    // Race `lines.next()` against `shutdown.cancelled()`, shutdown first.
     loop {
         tokio::select! {
             // Shutdown is checked first, so a client that keeps sending cannot keep its
@@ -214,6 +227,7 @@ async fn connection_loop(
         }
     }
     Ok(())
+    // ANCHOR_END: exercise_reader_loop
 }
 // ANCHOR_END: connection_loop
 
