@@ -924,6 +924,45 @@ fn end_only() {}
         );
     }
 
+    /// `new-chapter` writes the skeleton and lists it in SUMMARY.md after the earlier steps,
+    /// and the result passes the checks once the generated files exist.
+    #[test]
+    fn new_chapter_is_listed_in_order() {
+        let f = Fixture::new();
+        f.write(
+            "steps/step-01-first/src/lib.rs",
+            "// ANCHOR: good\nfn good() {}\n// ANCHOR_END: good\n",
+        );
+        f.write(
+            "steps/step-02-second/Cargo.toml",
+            "[package]\nname = \"step-02\"\n",
+        );
+        f.write(
+            "steps/step-02-second/src/main.rs",
+            "// ANCHOR: main\nfn main() {}\n// ANCHOR_END: main\n",
+        );
+        f.write("book/SUMMARY.md", "# Summary\n\n- [Step 01](step-01-first.md)\n\n# Later\n\n- [Appendix](introduction.md)\n");
+        new_chapter(f.root(), "steps/step-02-second").expect("new-chapter works");
+        let summary = fs::read_to_string(f.root().join("book/SUMMARY.md")).expect("summary");
+        assert!(
+            summary.contains(
+                "- [Step 01](step-01-first.md)\n- [Step 02: Second](step-02-second.md)\n"
+            ),
+            "{summary}"
+        );
+        let p = check(f.root()).expect("the checker runs");
+        assert!(
+            p.iter().any(|p| p
+                .message
+                .contains("step-02-session.md, which does not exist")),
+            "until `gen` runs, the missing session is reported: {p:#?}"
+        );
+        f.write("book/generated/step-02-session.md", "session\n");
+        f.write("book/generated/step-02-changes.md", "changes\n");
+        let p = check(f.root()).expect("the checker runs");
+        assert!(p.is_empty(), "{p:#?}");
+    }
+
     /// The skeleton of a chapter passes the checks it will be held to.
     #[test]
     fn skeleton_is_clean() {

@@ -80,6 +80,13 @@ pub fn serve(root: &Path) -> Result<()> {
 /// exits 0 after some of them, e.g. a missing include).
 pub fn build(root: &Path) -> Result<()> {
     let bin = ensure(root)?;
+    // Start from nothing, so a build that fails half-way cannot leave an older book behind for
+    // the browser check to pass on.
+    let out_dir = root.join(BUILD_DIR);
+    if out_dir.exists() {
+        std::fs::remove_dir_all(&out_dir)
+            .with_context(|| format!("removing the previous build in {}", out_dir.display()))?;
+    }
     let mut cmd = Command::new(&bin);
     cmd.arg("build").current_dir(root);
     let out = process::output(&mut cmd)?;

@@ -195,13 +195,15 @@ pub fn generate(root: &Path, steps: &[Step], twice: bool) -> Result<Vec<File>> {
     Ok(files)
 }
 
-/// `cargo build` of the steps' binaries; returns binary name -> path.
+/// Builds the steps' binaries; returns binary name -> path. `cargo test --no-run` rather than
+/// `cargo build`: it builds the binaries with the same features as the tests do, so after
+/// `cargo test --workspace` (as in `ci`) nothing is compiled twice.
 fn build(root: &Path, steps: &[Step]) -> Result<BTreeMap<String, PathBuf>> {
     let mut cmd = process::cargo(root);
     cmd.args([
-        "build",
+        "test",
+        "--no-run",
         "--locked",
-        "--bins",
         "--message-format=json-render-diagnostics",
     ]);
     for step in steps {
@@ -217,7 +219,12 @@ fn build(root: &Path, steps: &[Step]) -> Result<BTreeMap<String, PathBuf>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact" {
+        let is_bin = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+        // `cargo test` also builds each `main.rs` as a unit-test harness: skip those.
+        let is_test_harness = msg["profile"]["test"].as_bool().unwrap_or(false);
+        if msg["reason"] != "compiler-artifact" || !is_bin || is_test_harness {
             continue;
         }
         if let (Some(name), Some(exe)) =
