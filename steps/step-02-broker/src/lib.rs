@@ -114,6 +114,9 @@ async fn connection_loop(broker: Sender<Event>, stream: TcpStream) -> Result<()>
         Some(line) => parse_login(&line?).ok_or("peer sent an empty name")?,
     };
     eprintln!("{name} logged in");
+    // ANCHOR: exercise_reader_events
+    // Register with the broker: send it a `NewPeer` event with the writing half of the socket.
+    // Then turn each line into a `Message` event (log lines without `:`) until EOF.
     // Sending fails only if the broker is gone, which cannot happen while we hold a sender
     // unless it panicked; then the error ends this connection and is logged.
     broker.send(Event::NewPeer {
@@ -134,6 +137,7 @@ async fn connection_loop(broker: Sender<Event>, stream: TcpStream) -> Result<()>
     }
     eprintln!("{name} disconnected");
     Ok(())
+    // ANCHOR_END: exercise_reader_events
 }
 // ANCHOR_END: connection_loop
 
@@ -169,6 +173,9 @@ async fn broker_loop(mut events: Receiver<Event>) {
     while let Some(event) = events.recv().await {
         match event {
             Event::Message { from, dest, text } => {
+                // ANCHOR: exercise_route
+                // Send `from NAME: text` to the channel of each destination that is in the map.
+                // Skip the other names, and log a failed send instead of panicking.
                 for name in dest {
                     // Unknown destinations are skipped.
                     if let Some(peer) = peers.get(&name) {
@@ -180,6 +187,7 @@ async fn broker_loop(mut events: Receiver<Event>) {
                         }
                     }
                 }
+                // ANCHOR_END: exercise_route
             }
             Event::NewPeer { name, stream } => match peers.entry(name) {
                 // The name is in use. Dropping `stream` closes the newcomer's receiving side,
@@ -188,9 +196,13 @@ async fn broker_loop(mut events: Receiver<Event>) {
                 // step answers a taken name with an error and closes the whole connection.
                 Entry::Occupied(entry) => eprintln!("{} is taken; login refused", entry.key()),
                 Entry::Vacant(entry) => {
+                    // ANCHOR: exercise_new_peer
+                    // Give the new peer a channel: keep the sender in the map and spawn a
+                    // writer task that owns the receiver and the socket's writing half.
                     let (sender, receiver) = mpsc::unbounded_channel();
                     entry.insert(sender);
                     spawn_and_log_error(writer_loop(receiver, stream));
+                    // ANCHOR_END: exercise_new_peer
                 }
             },
         }
@@ -203,12 +215,15 @@ async fn broker_loop(mut events: Receiver<Event>) {
 ///
 /// It ends when its channel closes (the broker dropped the sender) or a write fails.
 async fn writer_loop(mut messages: Receiver<String>, stream: OwnedWriteHalf) -> Result<()> {
+    // ANCHOR: exercise_writer_loop
+    // Write each message from `messages` to the socket as one line, until the channel closes.
     // The encoder appends the `\n` to each line.
     let mut lines = FramedWrite::new(stream, LinesCodec::new());
     while let Some(message) = messages.recv().await {
         lines.send(message).await?;
     }
     Ok(())
+    // ANCHOR_END: exercise_writer_loop
 }
 // ANCHOR_END: writer_loop
 

@@ -130,6 +130,7 @@ async fn connection_loop(broker: Sender<Event>, stream: TcpStream) -> Result<()>
         reader_gone,
     })?;
 
+    // ANCHOR: reader_end
     while let Some(line) = lines.next().await {
         let line = line?;
         match parse_message(&line) {
@@ -143,6 +144,7 @@ async fn connection_loop(broker: Sender<Event>, stream: TcpStream) -> Result<()>
     }
     eprintln!("{name} disconnected");
     Ok(())
+    // ANCHOR_END: reader_end
 }
 // ANCHOR_END: connection_loop
 
@@ -180,6 +182,7 @@ enum Event {
 /// send to a peer in the map cannot fail, and nothing sent to it vanishes without a trace.
 async fn broker_loop(mut events: Receiver<Event>) {
     let mut peers: HashMap<String, Sender<String>> = HashMap::new();
+    // ANCHOR: broker_select
     // Writers send `(name, receiver)` here when they end.
     let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
 
@@ -202,6 +205,7 @@ async fn broker_loop(mut events: Receiver<Event>) {
                 None => break,
             },
         };
+        // ANCHOR_END: broker_select
         match event {
             Event::Message { from, dest, text } => {
                 for name in dest {
@@ -227,6 +231,11 @@ async fn broker_loop(mut events: Receiver<Event>) {
                 // step answers a taken name with an error and closes the whole connection.
                 Entry::Occupied(entry) => eprintln!("{} is taken; login refused", entry.key()),
                 Entry::Vacant(entry) => {
+                    // ANCHOR: spawn_writer
+                    // ANCHOR: exercise_spawn_writer
+                    // Register the peer; spawn a task that runs its writer, then reports its end.
+                    // The report is `(name, receiver)` on a clone of `disconnect_sender`, sent
+                    // however the writer ended.
                     let (sender, mut receiver) = mpsc::unbounded_channel();
                     let name = entry.key().clone();
                     entry.insert(sender);
@@ -239,6 +248,8 @@ async fn broker_loop(mut events: Receiver<Event>) {
                         let _ = disconnect_sender.send((name, receiver));
                         result
                     });
+                    // ANCHOR_END: exercise_spawn_writer
+                    // ANCHOR_END: spawn_writer
                 }
             },
         }
@@ -257,6 +268,7 @@ async fn broker_loop(mut events: Receiver<Event>) {
     // ANCHOR_END: broker_drain
 }
 
+// ANCHOR: remove_peer
 /// Removes a peer whose writer ended. Messages still queued for it cannot be written any more
 /// (its client left); the log counts them, so none disappears silently.
 fn remove_peer(
@@ -264,12 +276,16 @@ fn remove_peer(
     name: String,
     pending: Receiver<String>,
 ) {
+    // ANCHOR: exercise_remove_peer
+    // Remove `name` from the map, and log how many messages to it were still queued.
     peers.remove(&name);
     match pending.len() {
         0 => eprintln!("{name} left"),
         n => eprintln!("{name} left; {n} messages to it were not delivered"),
     }
+    // ANCHOR_END: exercise_remove_peer
 }
+// ANCHOR_END: remove_peer
 // ANCHOR_END: broker_loop
 
 // ANCHOR: writer_loop
@@ -285,6 +301,8 @@ async fn writer_loop(
 ) -> Result<()> {
     // The encoder appends the `\n` to each line.
     let mut lines = FramedWrite::new(stream, LinesCodec::new());
+    // ANCHOR: exercise_writer_select
+    // Write each message as it arrives; stop when `reader_gone` completes or the channel closes.
     // Two things to wait for, so `while let Some(message) = messages.recv().await` no longer
     // fits: this is the `loop` it desugars to, with a `select!` in place of the one `await`.
     loop {
@@ -304,6 +322,7 @@ async fn writer_loop(
         }
     }
     Ok(())
+    // ANCHOR_END: exercise_writer_select
 }
 // ANCHOR_END: writer_loop
 
