@@ -27,8 +27,12 @@ const STAGES: &[Stage] = &[
         run: clippy,
     },
     Stage {
-        name: "tests (cargo test --workspace --locked)",
+        name: "tests (cargo test --workspace --locked, without the exercise starters)",
         run: test,
+    },
+    Stage {
+        name: "exercise starters compile and fail their checks",
+        run: starters_fail,
     },
     Stage {
         name: "book sources (includes, anchors, code blocks, step list)",
@@ -102,7 +106,17 @@ fn clippy(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path) -> Result<()> {
-    process::run(process::cargo(root).args(["test", "--workspace", "--locked"]))
+    process::run(process::cargo(root).args([
+        "test",
+        "--workspace",
+        "--locked",
+        "--exclude",
+        "exercise-*",
+    ]))
+}
+
+fn starters_fail(root: &Path) -> Result<()> {
+    crate::starters::prove_starters_fail(root)
 }
 
 fn book_sources(root: &Path) -> Result<()> {

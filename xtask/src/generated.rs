@@ -45,6 +45,7 @@ pub fn all(root: &Path, writing: bool) -> Result<Vec<File>> {
     }
     let mut files = changes::generate(root, &steps)?;
     files.extend(session::generate(root, &steps, writing)?);
+    files.extend(crate::starters::generate(root, &steps)?);
     files.push(versions::generate(root)?);
     Ok(files)
 }
@@ -72,7 +73,7 @@ fn owned(path: &Path) -> bool {
 
 /// The owned files on disk that no generator produces any more.
 fn leftovers(root: &Path, files: &[File]) -> Result<Vec<PathBuf>> {
-    let mut left = Vec::new();
+    let mut left = crate::starters::leftovers(root, files)?;
     for path in workspace::files_with_ext(&root.join(DIR), "md")? {
         let rel = workspace::rel(root, &path);
         if owned(&rel) && !files.iter().any(|f| f.path == rel) {
@@ -147,6 +148,13 @@ pub fn stale(root: &Path) -> Result<Vec<Problem>> {
             file: PathBuf::from(crate::diagram::DIR),
             line: 1,
             message: format!("{e:#}"),
+        });
+    }
+    for message in crate::starters::missing(root, &workspace::steps(root)?)? {
+        problems.push(Problem {
+            file: PathBuf::from(crate::starters::DIR),
+            line: 1,
+            message,
         });
     }
     Ok(problems)

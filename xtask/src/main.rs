@@ -11,6 +11,7 @@ mod diagram;
 mod generated;
 mod mdbook;
 mod process;
+mod starters;
 mod workspace;
 
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "gen",
-        "regenerate every generated file (step diffs, terminal sessions, diagrams)",
+        "regenerate every generated file (step diffs, terminal sessions, diagrams, exercise starters)",
     ),
     (
         "check-book",
