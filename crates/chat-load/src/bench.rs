@@ -112,7 +112,19 @@ struct Running {
 }
 
 async fn start(server: &Server, progress: bool) -> Result<Running, Error> {
-    let mut child = Command::new(&server.binary)
+    let mut command = Command::new(&server.binary);
+    // A process started in the background by a shell without job control inherits an ignored
+    // SIGINT, and exec keeps "ignored": a server without its own handler would then never stop.
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; signal(2) is one,
+    // and the closure touches no memory of the parent.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .arg("127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -320,7 +332,10 @@ impl Report {
                     .server_rss_per_connection_bytes
                     .map(|b| format!("{} B", num(b)))),
                 cell(&r[2], |s| s.connects_per_s.map(num)),
-                cell(&r[3], |s| Some(s.lost.to_string())),
+                cell(&r[3], |s| Some(match s.read_but_undelivered {
+                    Some(n) if n > 0 => format!("{} (+{n})", s.lost),
+                    _ => s.lost.to_string(),
+                })),
                 cell(&r[3], |s| s.exit_s.map(|x| format!("{} s", num(x)))),
             );
         }
@@ -350,6 +365,11 @@ impl Report {
                 w.as_secs_f64()
             ));
         }
+        md.push_str(
+            "\"Lost at shutdown\" counts deliveries missing for messages the server certainly \
+             accepted (a later message of the same sender was delivered); \"(+N)\" adds those \
+             missing for messages it had only read from the socket before the signal.\n\n",
+        );
         md.push_str("Each scenario ran against a fresh server process (`--server-pid` given):\n\n");
         for s in settings {
             let _ = writeln!(md, "- {s}");
@@ -493,7 +513,10 @@ mod tests {
                         ran(|s| s.deliveries_per_s = Some(400_000.0)),
                         ran(|s| s.latency_us = Some(latency)),
                         ran(|s| s.server_rss_per_connection_bytes = Some(11_000.0)),
-                        ran(|s| s.lost = 7),
+                        ran(|s| {
+                            s.lost = 7;
+                            s.read_but_undelivered = Some(3);
+                        }),
                     ],
                 ),
                 (
@@ -523,7 +546,7 @@ mod tests {
             "0.15 ms",
             "40.0 ms",
             "11\u{2009}000 B",
-            "7 ⚠",
+            "7 (+3) ⚠",
         ] {
             assert!(row.contains(want), "`{want}` missing from {row}");
         }

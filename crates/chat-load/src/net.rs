@@ -140,6 +140,10 @@ pub struct Conn {
     pub writer: OwnedWriteHalf,
     /// How long connecting, logging in and registering took.
     pub setup: Duration,
+    /// This end's address, to find the connection in `/proc/net/tcp`.
+    pub local: SocketAddr,
+    /// Bytes written so far (the login and the registration message).
+    pub written: u64,
 }
 
 /// Connects client `index`, logs in with its name, and waits until the server has registered
@@ -163,6 +167,7 @@ pub async fn login(
     // Our own writes must not wait for the server's delayed ACKs (Nagle): latency measured
     // here should be the server's, not the tool's.
     stream.set_nodelay(true)?;
+    let local = stream.local_addr()?;
     let (read, mut writer) = stream.into_split();
     let mut reader = LineReader::new(read);
     let hello = format!("{name}\n{name}: {HELLO}\n");
@@ -178,6 +183,8 @@ pub async fn login(
             reader,
             writer,
             setup: started.elapsed(),
+            local,
+            written: hello.len() as u64,
         }),
         Ok(line) => Err(format!(
             "{name}: registering, expected `{expected}` but the server sent `{}`",

@@ -160,6 +160,7 @@ pub async fn fan_out(
             until: Until::AllDelivered,
             stall: target.stall,
             progress: target.progress,
+            record_offsets: false,
         },
     );
     let started = run.started;
@@ -213,6 +214,7 @@ pub async fn latency(
             until: Until::AllDelivered,
             stall: target.stall,
             progress: target.progress,
+            record_offsets: false,
         },
     );
     let started = run.started;
@@ -382,10 +384,23 @@ impl Stopper {
 
 /// Shutdown: `clients` clients keep sending to `recipients` clients each (paced at `rate`
 /// deliveries per second in total, or as fast as possible with `None`); after `warmup` the
-/// server is told to stop. Every message the server certainly accepted must be delivered before
-/// it closes the recipient's connection: a message is *accepted* when a later message of the
-/// same sender reached anyone, because a reader reads its connection in order. Measures
-/// messages lost, time until the process exits and time until every connection is closed.
+/// server is told to stop. Measures messages lost, time until the process exits and time until
+/// every connection is closed.
+///
+/// A message is *accepted* when a later message of the same sender reached anyone: a reader
+/// reads its connection in order, so the server had taken every earlier message. A graceful
+/// server must deliver every accepted message to all its recipients before closing their
+/// connections; any that is missing counts as `lost` and fails the run.
+///
+/// That rule cannot see messages the server read and then delivered to nobody (a process
+/// killed by the signal loses exactly those), so the tool also counts what the server had
+/// *read before the signal*: just before signalling it takes the bytes each client had written,
+/// minus those still in the client's send queue and in the server's receive queue (both from
+/// `/proc/net/tcp`); every message that ends within the rest had left the kernel for the server
+/// process (a lower bound: the counters are read one after the other and each only grows).
+/// Messages read before the signal, not accepted, and missing somewhere are reported as
+/// `read_but_undelivered` without failing the run: a server may legitimately drop lines its
+/// reader had buffered but not yet parsed when it stopped taking messages.
 pub async fn shutdown(
     target: &Target,
     clients: u32,
@@ -419,6 +434,7 @@ pub async fn shutdown(
             until: Until::Closed,
             stall: target.stall,
             progress: target.progress,
+            record_offsets: true,
         },
     );
     let started = run.started;
@@ -428,6 +444,18 @@ pub async fn shutdown(
             "nothing was delivered before the shutdown began (counted in batches of 64)".into(),
         );
     }
+    // What the server had certainly read, in bytes per client, just before the signal.
+    let written = run.written();
+    let queues = sys::tcp_queues();
+    let read_bytes: Vec<Option<u64>> = written
+        .iter()
+        .zip(run.locals())
+        .map(|(&w, &local)| {
+            let (client_tx, _) = *queues.get(&(local, target.addr))?;
+            let (_, server_rx) = *queues.get(&(target.addr, local))?;
+            Some(w.saturating_sub(client_tx + server_rx))
+        })
+        .collect();
     let signalled = Instant::now();
     (stopper.trigger)()?;
     if target.progress {
@@ -453,10 +481,31 @@ pub async fn shutdown(
         summary.closed_s = Some(round(last.duration_since(signalled).as_secs_f64()));
     }
     let inboxes = collect(&mut summary, &sent, &got, true);
+    // Accepted: followed by a delivered message of the same sender. These must all arrive.
     let accepted = check::accepted(&plan, &inboxes);
     summary.accepted = Some(accepted.iter().sum());
     let tally = check::tally(&plan, &names, &inboxes, |s| accepted[s as usize]);
     summary.set_tally(&tally);
+    // Read before the signal: taken from the socket by the server process. Those missing beyond
+    // the accepted ones are reported, not failed (see the function's documentation).
+    let mut read = Vec::new();
+    for (sent, bytes) in sent.iter().zip(&read_bytes) {
+        match bytes {
+            // Messages whose last byte lies within what the server had read.
+            Some(bytes) => read.push(sent.offsets.partition_point(|&end| end <= *bytes) as u64),
+            None => {
+                summary.problems.push(
+                    "a client's connection was missing from /proc/net/tcp before the signal".into(),
+                );
+                read.push(0);
+            }
+        }
+    }
+    summary.read_before_signal = Some(read.iter().sum());
+    let either = check::tally(&plan, &names, &inboxes, |s| {
+        accepted[s as usize].max(read[s as usize])
+    });
+    summary.read_but_undelivered = Some(either.lost - tally.lost);
     summary.elapsed_s = round(signalled.duration_since(started).as_secs_f64());
     summary.judge();
     Ok(summary)

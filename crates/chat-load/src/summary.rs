@@ -131,9 +131,18 @@ pub struct Summary {
     /// Connections scenario: this tool's open-file limit after raising it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_file_limit: Option<u64>,
-    /// Shutdown scenario: messages the server certainly read (see the README of the crate).
+    /// Shutdown scenario: messages the server had certainly read when the signal was sent
+    /// (from the TCP queues; see [`crate::scenario::shutdown`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_before_signal: Option<u64>,
+    /// Shutdown scenario: messages the server certainly accepted, so must deliver: those
+    /// followed by a delivered message of the same sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted: Option<u64>,
+    /// Shutdown scenario: deliveries missing for messages read before the signal that were
+    /// not accepted (reported; does not fail the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_but_undelivered: Option<u64>,
     /// Shutdown scenario: seconds from SIGINT to the server process exiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_s: Option<f64>,

@@ -1,6 +1,8 @@
 //! What the tool reads from and does to the operating system: the server's CPU time and memory
 //! from `/proc`, SIGINT, the open-file limit, the kernel's listen-queue counters.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::Error;
@@ -151,6 +153,60 @@ pub fn listen_overflows() -> Option<u64> {
     values.split_whitespace().nth(column)?.parse().ok()
 }
 
+/// Every TCP socket's queues by `(local, remote)` address: `(tx, rx)`, where `tx` is what was
+/// written and not yet acknowledged by the peer and `rx` what arrived and was not yet read by
+/// the process (`/proc/net/tcp` and `/proc/net/tcp6`).
+pub fn tcp_queues() -> HashMap<(SocketAddr, SocketAddr), (u64, u64)> {
+    let mut queues = HashMap::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(q)) = (
+                fields.get(1).and_then(|a| proc_addr(a)),
+                fields.get(2).and_then(|a| proc_addr(a)),
+                fields.get(4).and_then(|q| q.split_once(':')),
+            ) else {
+                continue;
+            };
+            let (Ok(tx), Ok(rx)) = (u64::from_str_radix(q.0, 16), u64::from_str_radix(q.1, 16))
+            else {
+                continue;
+            };
+            queues.insert((local, remote), (tx, rx));
+        }
+    }
+    queues
+}
+
+/// Parses `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the address words are
+/// printed as native-endian 32-bit numbers, the port as a plain number.
+fn proc_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// The open-file limit of another process, from `/proc/PID/limits`.
 pub fn open_file_limit_of(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -176,6 +232,51 @@ mod tests {
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib, "{s:?}");
         assert!(!probe.exited());
         assert!(open_file_limit_of(std::process::id()).is_some());
+    }
+
+    /// The TCP table shows a loopback connection of ours, both ends, with the bytes that the
+    /// other end has not read yet in its receive queue.
+    #[test]
+    fn tcp_queues_see_unread_bytes() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client.write_all(&[b'x'; 1000]).expect("writing");
+        let (c, s) = (
+            client.local_addr().expect("a"),
+            server.local_addr().expect("b"),
+        );
+        // Loopback delivers at once, but give the kernel a moment.
+        let mut seen = None;
+        for _ in 0..100 {
+            let q = tcp_queues();
+            if let Some(&(_, rx)) = q.get(&(s, c))
+                && rx == 1000
+            {
+                seen = q.get(&(c, s)).copied();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            seen.map(|(tx, _)| tx),
+            Some(0),
+            "client side acknowledged, nothing queued"
+        );
+    }
+
+    /// `/proc/net/tcp` addresses parse as the kernel prints them.
+    #[test]
+    fn parses_proc_addresses() {
+        let v4 = proc_addr("0100007F:1F90").expect("IPv4");
+        if cfg!(target_endian = "little") {
+            assert_eq!(v4, "127.0.0.1:8080".parse().expect("address"));
+            let v6 = proc_addr("00000000000000000000000001000000:0050").expect("IPv6");
+            assert_eq!(v6, "[::1]:80".parse().expect("address"));
+        }
+        assert!(proc_addr("zz:1").is_none());
     }
 
     /// A process id that does not exist is reported, not probed.

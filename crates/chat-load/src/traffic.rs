@@ -1,6 +1,7 @@
 //! The traffic engine shared by the fan-out, latency and shutdown scenarios: one sender task and
 //! one receiver task per registered client, a progress line, and the collected results.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,9 @@ use crate::wire::{self, Names};
 
 /// How many messages an unpaced sender puts into one write.
 const BATCH: u64 = 64;
+/// After the run's deadline, how long a receiver waits for more lines before giving up: what
+/// was in flight arrives, so the loss count stays exact even for a run that failed.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
 /// How many deliveries a busy receiver counts before adding them to the shared counter.
 const FLUSH_EVERY: u64 = 64;
 
@@ -50,6 +54,9 @@ pub struct Sent {
     /// half-close the connection, and a server rightly removes a client whose reader saw EOF,
     /// together with the messages still queued for it.
     pub writer: Option<OwnedWriteHalf>,
+    /// With [`Spec::record_offsets`]: the byte offset in the connection just past message `n`,
+    /// for every message put into a write (written or not).
+    pub offsets: Vec<u64>,
 }
 
 /// What one receiver got.
@@ -81,6 +88,8 @@ pub struct Running {
     /// Cancelled to stop every receiver too: the run is over, whatever is still arriving.
     abort: CancellationToken,
     plan: Arc<Plan>,
+    written: Vec<Arc<AtomicU64>>,
+    locals: Vec<SocketAddr>,
 }
 
 /// A fresh latency histogram: 1 ns to 60 s at 3 significant digits.
@@ -102,6 +111,9 @@ pub struct Spec {
     pub stall: Duration,
     /// Print progress once a second.
     pub progress: bool,
+    /// Keep, per sender, where each message ends in the connection's byte stream (the
+    /// shutdown scenario turns "bytes the server read" into "messages the server read").
+    pub record_offsets: bool,
 }
 
 /// Starts traffic over registered connections: client `i` sends `spec.messages` (or until
@@ -113,6 +125,7 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
         until,
         stall,
         progress,
+        record_offsets,
     } = spec;
     let plan = Arc::new(plan);
     let names = Arc::new(names.clone());
@@ -125,6 +138,8 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     let mut writers = Vec::new();
+    let mut written = Vec::new();
+    let mut locals = Vec::new();
     for conn in conns {
         // Each client's sender stops when its receiver sees the connection close.
         let closed = stop.child_token();
@@ -141,10 +156,13 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
             closed.clone(),
             abort.clone(),
         )));
-        writers.push((conn.index, conn.writer, closed));
+        let bytes = Arc::new(AtomicU64::new(conn.written));
+        written.push(bytes.clone());
+        locals.push(conn.local);
+        writers.push((conn.index, conn.writer, closed, bytes));
     }
     let started = Instant::now();
-    for (index, writer, closed) in writers {
+    for (index, writer, closed, bytes) in writers {
         let destinations = names.destinations(plan.recipients(index));
         let pace = match pace {
             Pace::Flat => Pacing::Flat,
@@ -158,16 +176,18 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
                 }
             }
         };
-        senders.push(tokio::spawn(send(
-            writer,
-            index,
+        let job = SendJob {
+            me: index,
             destinations,
             messages,
             pace,
-            closed,
+            stop: closed,
             epoch,
             stall,
-        )));
+            offsets: record_offsets.then(Vec::new),
+            bytes,
+        };
+        senders.push(tokio::spawn(send(writer, job)));
     }
     if progress {
         tokio::spawn(show_progress(started, delivered.clone(), stop.clone()));
@@ -181,10 +201,25 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
         stop,
         abort,
         plan,
+        written,
+        locals,
     }
 }
 
 impl Running {
+    /// Bytes each client has fully written so far (login included).
+    pub fn written(&self) -> Vec<u64> {
+        self.written
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Each client's local address.
+    pub fn locals(&self) -> &[SocketAddr] {
+        &self.locals
+    }
+
     /// Waits for every sender, tells each receiver how many messages to expect, and waits for
     /// the receivers.
     pub async fn finish(self) -> (Vec<Sent>, Vec<Got>) {
@@ -194,6 +229,7 @@ impl Running {
                 count: 0,
                 error: Some(format!("a sender task failed: {e}")),
                 writer: None,
+                offsets: Vec::new(),
             }));
         }
         let n = self.plan.clients();
@@ -214,13 +250,15 @@ impl Running {
         (sent, got)
     }
 
-    /// For a shutdown: waits for every receiver to see its connection close (receivers still
-    /// open at `deadline` stop with an error), then stops the senders that are still writing
-    /// and collects them.
+    /// For a shutdown: waits for every receiver to see its connection close, then stops the
+    /// senders that are still writing and collects them. At `deadline` the senders stop and
+    /// receivers still open read what is in flight until it goes quiet, then end with an error.
     pub async fn finish_when_closed(self, deadline: Instant) -> (Vec<Sent>, Vec<Got>) {
         let abort = self.abort.clone();
+        let stop = self.stop.clone();
         let timer = tokio::spawn(async move {
             tokio::time::sleep_until(deadline.into()).await;
+            stop.cancel();
             abort.cancel();
         });
         let got = join_receivers(self.receivers).await;
@@ -232,6 +270,7 @@ impl Running {
                 count: 0,
                 error: Some(format!("a sender task failed: {e}")),
                 writer: None,
+                offsets: Vec::new(),
             }));
         }
         (sent, got)
@@ -257,9 +296,8 @@ enum Pacing {
     Every { first: Instant, interval: Duration },
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    mut writer: OwnedWriteHalf,
+/// Everything one sender needs.
+struct SendJob {
     me: u32,
     destinations: Vec<u8>,
     messages: Option<u64>,
@@ -267,42 +305,40 @@ async fn send(
     stop: CancellationToken,
     epoch: Instant,
     stall: Duration,
-) -> Sent {
-    let (count, error) = send_all(
-        &mut writer,
-        me,
-        destinations,
-        messages,
-        pace,
-        stop,
-        epoch,
-        stall,
-    )
-    .await;
+    offsets: Option<Vec<u64>>,
+    /// Bytes fully written on this connection, shared with the shutdown scenario.
+    bytes: Arc<AtomicU64>,
+}
+
+async fn send(mut writer: OwnedWriteHalf, mut job: SendJob) -> Sent {
+    let (count, error) = send_all(&mut writer, &mut job).await;
     Sent {
         count,
         error,
         writer: Some(writer),
+        offsets: job.offsets.unwrap_or_default(),
     }
 }
 
 /// Writes the messages; returns how many were fully written and why it stopped early.
-#[allow(clippy::too_many_arguments)]
-async fn send_all(
-    writer: &mut OwnedWriteHalf,
-    me: u32,
-    destinations: Vec<u8>,
-    messages: Option<u64>,
-    pace: Pacing,
-    stop: CancellationToken,
-    epoch: Instant,
-    stall: Duration,
-) -> (u64, Option<String>) {
+async fn send_all(writer: &mut OwnedWriteHalf, job: &mut SendJob) -> (u64, Option<String>) {
+    let SendJob {
+        me,
+        ref destinations,
+        messages,
+        ref pace,
+        ref stop,
+        epoch,
+        stall,
+        ref mut offsets,
+        ref bytes,
+    } = *job;
     let mut seq = 0;
+    let mut total = bytes.load(Ordering::Relaxed);
     let mut buf = Vec::with_capacity(BATCH as usize * (destinations.len() + 40));
     let limit = messages.unwrap_or(u64::MAX);
     while seq < limit {
-        let batch_end = match pace {
+        let batch_end = match *pace {
             Pacing::Flat => (seq + BATCH).min(limit),
             Pacing::Every { first, interval } => {
                 let due = first + interval.mul_f64(seq as f64);
@@ -316,7 +352,10 @@ async fn send_all(
         buf.clear();
         let now = epoch.elapsed().as_nanos() as u64;
         for n in seq..batch_end {
-            wire::push_message(&mut buf, &destinations, me, n, now);
+            wire::push_message(&mut buf, destinations, me, n, now);
+            if let Some(offsets) = offsets.as_mut() {
+                offsets.push(total + buf.len() as u64);
+            }
         }
         // `write_all` is not cancel safe, but a cancelled sender never writes again.
         let written = tokio::select! {
@@ -324,7 +363,11 @@ async fn send_all(
             r = tokio::time::timeout(stall, writer.write_all(&buf)) => r,
         };
         match written {
-            Ok(Ok(())) => seq = batch_end,
+            Ok(Ok(())) => {
+                seq = batch_end;
+                total += buf.len() as u64;
+                bytes.store(total, Ordering::Release);
+            }
             Ok(Err(e)) => {
                 return (seq, Some(format!("client {me}: writing failed: {e}")));
             }
@@ -359,6 +402,7 @@ async fn receive(
     let mut last = None;
     let mut unflushed = 0;
     let mut want: Option<u64> = None;
+    let mut draining = false;
     let result = loop {
         if until == Until::AllDelivered && want.is_none() {
             want = expected.borrow().as_ref().map(|e| e[me as usize]);
@@ -373,13 +417,11 @@ async fn receive(
                 }
                 continue;
             }
-            () = abort.cancelled() => {
-                break Err(format!(
-                    "{}: the connection was still open when the run's deadline passed",
-                    names.name(me)
-                ));
+            () = abort.cancelled(), if !draining => {
+                draining = true;
+                continue;
             }
-            read = reader.next_line(stall) => read,
+            read = reader.next_line(if draining { DRAIN_QUIET.min(stall) } else { stall }) => read,
         };
         match read {
             Ok(line) => {
@@ -397,6 +439,12 @@ async fn receive(
                 }
             }
             Err(ReadEnd::Eof | ReadEnd::Failed(_)) if until == Until::Closed => break Ok(()),
+            Err(ReadEnd::TimedOut) if draining => {
+                break Err(format!(
+                    "{}: the connection was still open when the run's deadline passed",
+                    names.name(me)
+                ));
+            }
             Err(end) => {
                 break Err(format!(
                     "{}: {end} (had {} messages{})",

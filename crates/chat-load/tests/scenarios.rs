@@ -372,6 +372,10 @@ fn assert_shutdown_clean(step: &str, s: &Summary, finished: bool) {
     // Nothing lost: each recipient got exactly the accepted prefix of each of its 3 senders.
     assert_eq!(s.deliveries, accepted * 3, "{step}: {s:?}");
     assert!(s.exit_s.is_some() && s.closed_s.is_some(), "{step}: {s:?}");
+    assert!(
+        s.read_before_signal.is_some() && s.read_but_undelivered.is_some(),
+        "{step}: the TCP queues were not read: {s:?}"
+    );
     let back: Summary = serde_json::from_str(&s.to_json()).expect("the summary's JSON");
     assert_eq!(back.accepted, s.accepted);
 }
