@@ -45,6 +45,8 @@ pub struct Config {
     pub connections: Option<(u32, u32)>,
     /// Shutdown: clients, recipients, deliveries per second, warm-up.
     pub shutdown: Option<(u32, u32, f64, Duration)>,
+    /// Peak memory: a long fan-out (clients, messages per client, recipients).
+    pub memory: Option<(u32, u64, u32)>,
     /// Progress lines on stderr.
     pub progress: bool,
 }
@@ -52,7 +54,7 @@ pub struct Config {
 impl Config {
     /// The issue's numbers: fan-out 100 × 1000 × 5, latency at 10 000 deliveries/s for 10 s
     /// (100 clients, 5 recipients), 10 000 idle connections, shutdown of 20 clients writing
-    /// 20 000 deliveries/s.
+    /// 20 000 deliveries/s, peak memory over a fan-out of 100 × 10 000 × 5.
     pub fn standard(servers: Vec<Server>) -> Config {
         Config {
             servers,
@@ -60,6 +62,7 @@ impl Config {
             latency: Some((100, 5, 10_000.0, Duration::from_secs(10))),
             connections: Some((10_000, 100)),
             shutdown: Some((20, 3, 20_000.0, Duration::from_secs(1))),
+            memory: Some((100, 10_000, 5)),
             progress: true,
         }
     }
@@ -72,6 +75,7 @@ impl Config {
             latency: Some((10, 3, 2_000.0, Duration::from_secs(1))),
             connections: Some((200, 20)),
             shutdown: Some((5, 2, 5_000.0, Duration::from_millis(300))),
+            memory: Some((10, 1000, 3)),
             progress: false,
         }
     }
@@ -100,8 +104,9 @@ impl Outcome {
 pub struct Report {
     /// The configuration that produced it.
     pub config: Config,
-    /// Per server, in order: fan-out, latency, connections, shutdown (`None` when skipped).
-    pub rows: Vec<(String, [Option<Outcome>; 4])>,
+    /// Per server, in order: fan-out, latency, connections, shutdown, memory (`None` when
+    /// skipped).
+    pub rows: Vec<(String, [Option<Outcome>; 5])>,
 }
 
 /// A server binary running as a child process.
@@ -174,7 +179,8 @@ async fn one(server: &Server, config: &Config, which: usize) -> Option<Outcome> 
         0 => config.fan_out.is_some(),
         1 => config.latency.is_some(),
         2 => config.connections.is_some(),
-        _ => config.shutdown.is_some(),
+        3 => config.shutdown.is_some(),
+        _ => config.memory.is_some(),
     };
     if !wanted {
         return None;
@@ -197,6 +203,10 @@ async fn one(server: &Server, config: &Config, which: usize) -> Option<Outcome> 
             let (c, sample) = config.connections?;
             scenario::connections(&t, c, sample).await
         }
+        4 => {
+            let (n, m, k) = config.memory?;
+            scenario::fan_out(&t, n, m, k).await
+        }
         _ => {
             let (n, k, rate, warmup) = config.shutdown?;
             let stopper = Stopper::signal(running.probe);
@@ -217,7 +227,7 @@ async fn one(server: &Server, config: &Config, which: usize) -> Option<Outcome> 
 pub async fn run(config: &Config) -> Report {
     let mut rows = Vec::new();
     for server in &config.servers {
-        let mut results: [Option<Outcome>; 4] = Default::default();
+        let mut results: [Option<Outcome>; 5] = Default::default();
         for (which, slot) in results.iter_mut().enumerate() {
             if config.progress {
                 eprintln!("bench: {} / {}", server.label, NAMES[which]);
@@ -247,7 +257,7 @@ pub fn run_blocking(config: &Config) -> Result<Report, Error> {
     Ok(runtime.block_on(run(config)))
 }
 
-const NAMES: [&str; 4] = ["fan-out", "latency", "connections", "shutdown"];
+const NAMES: [&str; 5] = ["fan-out", "latency", "connections", "shutdown", "memory"];
 
 fn num(x: f64) -> String {
     if x >= 100.0 {
@@ -308,13 +318,13 @@ impl Report {
         md.push_str(
             "| server | fan-out deliveries/s | server CPU per delivery | p50 latency | \
              p99 latency | max latency | RSS per idle connection | connects/s | \
-             lost at shutdown | exit after SIGINT |\n",
+             lost at shutdown | exit after SIGINT | peak RSS, long fan-out |\n",
         );
-        md.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        md.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         for (label, r) in &self.rows {
             let _ = writeln!(
                 md,
-                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(&r[0], |s| s.deliveries_per_s.map(num)),
                 cell(&r[0], |s| s
                     .server_cpu_ns_per_delivery
@@ -336,11 +346,22 @@ impl Report {
                     Some(n) if n > 0 => format!("{} (+{n})", s.lost),
                     _ => s.lost.to_string(),
                 })),
-                cell(&r[3], |s| s.exit_s.map(|x| format!("{} s", num(x)))),
+                cell(&r[3], |s| s
+                    .exit_s
+                    .map(|x| format!("{} ms", num(x * 1000.0)))),
+                cell(&r[4], |s| s
+                    .server_peak_rss_kib
+                    .map(|k| format!("{} MB", num(k as f64 / 1024.0)))),
             );
         }
         md.push('\n');
         let mut settings = Vec::new();
+        let memory = c.memory.map(|(n, m, k)| {
+            format!(
+                "peak RSS: `chat-load fan-out --clients {n} --messages {m} --recipients {k}` \
+                 (VmHWM at the end)"
+            )
+        });
         if let Some((n, m, k)) = c.fan_out {
             settings.push(format!(
                 "fan-out: `chat-load fan-out --clients {n} --messages {m} --recipients {k}`"
@@ -371,6 +392,7 @@ impl Report {
              missing for messages it had only read from the socket before the signal.\n\n",
         );
         md.push_str("Each scenario ran against a fresh server process (`--server-pid` given):\n\n");
+        settings.extend(memory);
         for s in settings {
             let _ = writeln!(md, "- {s}");
         }
@@ -517,12 +539,14 @@ mod tests {
                             s.lost = 7;
                             s.read_but_undelivered = Some(3);
                         }),
+                        ran(|s| s.server_peak_rss_kib = Some(51_200)),
                     ],
                 ),
                 (
                     "step-<7>".into(),
                     [
                         Some(Outcome::Failed("no such file".into())),
+                        None,
                         None,
                         None,
                         None,
@@ -547,6 +571,7 @@ mod tests {
             "40.0 ms",
             "11\u{2009}000 B",
             "7 (+3) ⚠",
+            "50.0 MB",
         ] {
             assert!(row.contains(want), "`{want}` missing from {row}");
         }

@@ -404,3 +404,49 @@ async fn shutdown_fails_when_connections_stay_open() {
     let failure = s.failure.unwrap_or_default();
     assert!(failure.contains("still open"), "{failure}");
 }
+
+/// The benchmark starts the real step-05 binary once per scenario, measures it through its
+/// PID (SIGINT for the shutdown scenario), and writes the table and chart. A test can only
+/// find its own package's binaries, so this one builds step 05's with the same cargo first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_real_binary() {
+    // target/<profile>/chat-load -> target/<profile>/step-05, built with this test's profile.
+    let tool = std::path::Path::new(env!("CARGO_BIN_EXE_chat-load"));
+    let profile_dir = tool.parent().expect("the binary is in a directory");
+    let target_dir = profile_dir
+        .parent()
+        .expect("the profile is in the target directory");
+    let mut build = tokio::process::Command::new(env!("CARGO"));
+    build.args(["build", "-p", "step-05", "--target-dir"]);
+    build.arg(target_dir).kill_on_drop(true);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let built = tokio::time::timeout(Duration::from_secs(300), build.status())
+        .await
+        .expect("building step-05 took over 5 minutes")
+        .expect("running cargo");
+    assert!(built.success(), "cargo build -p step-05 failed");
+    let binary = profile_dir.join("step-05");
+
+    let out = std::env::temp_dir().join(format!("chat-load-bench-{}", std::process::id()));
+    let config = chat_load::bench::Config::quick(vec![chat_load::bench::Server {
+        label: "step-05".into(),
+        binary,
+    }]);
+    let report = tokio::time::timeout(RUN_LIMIT, chat_load::bench::run(&config))
+        .await
+        .expect("the quick benchmark finished in time");
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
+    report.write(&out).expect("writing the report");
+    let md = std::fs::read_to_string(out.join("measurements.md")).expect("the table");
+    let svg = std::fs::read_to_string(out.join("measurements.svg")).expect("the chart");
+    let _ = std::fs::remove_dir_all(&out);
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| step-05 |"))
+        .unwrap_or_else(|| panic!("no row for step-05 in\n{md}"));
+    // Every column has a value: nothing was skipped, nothing failed.
+    assert!(!row.contains('–') && !row.contains("did not run"), "{row}");
+    assert!(svg.contains("step-05") && svg.contains("<rect"), "{svg}");
+}
