@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 /// How long we wait for something that must not happen before we say it did not.
 const NOT_YET: Duration = Duration::from_millis(300);
 
+// ANCHOR: level_triggered
 /// `cancelled()` is level-triggered: a future made after the token was cancelled completes at
 /// once. (A `notified()` made after `notify_waiters` never completes.)
 #[tokio::test]
@@ -34,6 +35,7 @@ async fn cancelled_made_after_cancel_completes() {
         "a `notified()` made after `notify_waiters()` was expected to wait forever"
     );
 }
+// ANCHOR_END: level_triggered
 
 /// Cancelling a parent cancels its children; cancelling a child leaves the parent and the
 /// other children alone.
@@ -73,6 +75,7 @@ async fn drop_guard_cancels_when_dropped() {
     );
 }
 
+// ANCHOR: wait_needs_close
 /// `wait()` does not return before `close()`, even with no task left; after `close()` it
 /// returns once the tracked tasks are done.
 #[tokio::test]
@@ -93,6 +96,7 @@ async fn tracker_wait_needs_close() {
         "after `close()`, `wait()` should return once the task is done"
     );
 }
+// ANCHOR_END: wait_needs_close
 
 /// A task started with plain `tokio::spawn` is not tracked: `wait()` returns while it still
 /// runs.
