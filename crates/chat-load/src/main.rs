@@ -42,17 +42,22 @@ enum Scenario {
     /// N clients each send M messages to K recipients as fast as the server takes them:
     /// deliveries per second, server CPU time per delivery.
     FanOut {
+        /// Clients, each a sender and a receiver.
         #[arg(long, short = 'n', default_value_t = 100)]
         clients: u32,
+        /// Messages each client sends.
         #[arg(long, short = 'm', default_value_t = 1000)]
         messages: u64,
+        /// Recipients of each message: the next K clients in a ring.
         #[arg(long, short = 'k', default_value_t = 5)]
         recipients: u32,
     },
     /// A paced total delivery rate: p50, p99, max delivery latency.
     Latency {
+        /// Clients, each a sender and a receiver.
         #[arg(long, short = 'n', default_value_t = 100)]
         clients: u32,
+        /// Recipients of each message: the next K clients in a ring.
         #[arg(long, short = 'k', default_value_t = 5)]
         recipients: u32,
         /// Deliveries per second, all clients together.
@@ -65,16 +70,20 @@ enum Scenario {
     /// C idle logged-in clients, then one message around a ring of a sample of them: connect
     /// rate, server RSS per connection, round-trip time.
     Connections {
+        /// Idle clients to connect and register.
         #[arg(long, short = 'c', default_value_t = 1000)]
         clients: u32,
+        /// How many of them (evenly spread) pass a message around, one hop at a time.
         #[arg(long, default_value_t = 100)]
         sample: u32,
     },
     /// Clients keep writing while the server gets SIGINT (needs --server-pid): messages lost,
     /// time to exit, time until every connection is closed.
     Shutdown {
+        /// Clients, each a sender and a receiver.
         #[arg(long, short = 'n', default_value_t = 20)]
         clients: u32,
+        /// Recipients of each message: the next K clients in a ring.
         #[arg(long, short = 'k', default_value_t = 3)]
         recipients: u32,
         /// Deliveries per second, all clients together; 0 means as fast as possible.
@@ -87,8 +96,9 @@ enum Scenario {
         #[arg(long, default_value_t = 30.0)]
         exit_timeout: f64,
     },
-    /// Starts each server binary on 127.0.0.1:0 once per scenario, runs the four scenarios
-    /// with the numbers, and writes measurements.md and measurements.svg.
+    /// Starts each server binary on 127.0.0.1:0 once per scenario, runs the scenarios with
+    /// the numbers (fan-out, latency, connections, shutdown, peak memory), and
+    /// writes measurements.md and measurements.svg.
     Bench {
         /// A server to measure, as LABEL=PATH (e.g. step-05=target/release/step-05); repeat.
         #[arg(long = "server", required = true)]
