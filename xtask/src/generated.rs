@@ -110,39 +110,7 @@ pub fn write_all(root: &Path) -> Result<()> {
 /// The generated files that differ from what the generators produce now.
 pub fn stale(root: &Path) -> Result<Vec<Problem>> {
     let files = all(root, false)?;
-    let mut problems = Vec::new();
-    for file in &files {
-        let on_disk = fs::read_to_string(root.join(&file.path)).ok();
-        let message = match on_disk {
-            None => "is missing: run `cargo xtask gen` and commit the result".to_string(),
-            Some(text) if text != file.contents => {
-                let line = first_difference(&text, &file.contents);
-                problems.push(Problem {
-                    file: file.path.clone(),
-                    line,
-                    message: "is stale (the code or the recorded session changed): run \
-                              `cargo xtask gen` and commit the result"
-                        .to_string(),
-                });
-                continue;
-            }
-            Some(_) => continue,
-        };
-        problems.push(Problem {
-            file: file.path.clone(),
-            line: 1,
-            message,
-        });
-    }
-    for rel in leftovers(root, &files)? {
-        problems.push(Problem {
-            file: rel,
-            line: 1,
-            message: "is no longer generated (its step is gone): run `cargo xtask gen`, which \
-                      deletes it"
-                .to_string(),
-        });
-    }
+    let mut problems = compare(root, &files)?;
     if let Err(e) = crate::diagram::generate(root, true) {
         problems.push(Problem {
             file: PathBuf::from(crate::diagram::DIR),
@@ -155,6 +123,37 @@ pub fn stale(root: &Path) -> Result<Vec<Problem>> {
             file: PathBuf::from(crate::starters::DIR),
             line: 1,
             message,
+        });
+    }
+    Ok(problems)
+}
+
+/// Compares freshly generated `files` with the disk: missing, stale and leftover files.
+fn compare(root: &Path, files: &[File]) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    for file in files {
+        let (line, message) = match fs::read_to_string(root.join(&file.path)) {
+            Err(_) => (1, "is missing: run `cargo xtask gen` and commit the result"),
+            Ok(text) if text != file.contents => (
+                first_difference(&text, &file.contents),
+                "is stale (the code or the recorded session changed): run `cargo xtask gen` \
+                 and commit the result",
+            ),
+            Ok(_) => continue,
+        };
+        problems.push(Problem {
+            file: file.path.clone(),
+            line,
+            message: message.to_string(),
+        });
+    }
+    for rel in leftovers(root, files)? {
+        problems.push(Problem {
+            file: rel,
+            line: 1,
+            message: "is no longer generated (its step is gone): run `cargo xtask gen`, which \
+                      deletes it"
+                .to_string(),
         });
     }
     Ok(problems)
@@ -188,6 +187,36 @@ mod tests {
         assert!(!owned(Path::new("book/generated/diagram.svg")));
         assert!(!owned(Path::new("book/generated/notes.md")));
         assert!(!owned(Path::new("book/step-03-changes.md")));
+    }
+
+    /// Missing, stale and leftover generated files are each reported; a fresh one is not.
+    #[test]
+    fn freshness() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let gen_dir = root.join(DIR);
+        fs::create_dir_all(&gen_dir).expect("mkdir");
+        fs::write(gen_dir.join("step-01-session.md"), "same\n").expect("write");
+        fs::write(gen_dir.join("step-02-session.md"), "old\nline\n").expect("write");
+        fs::write(gen_dir.join("step-09-changes.md"), "gone\n").expect("write");
+        fs::write(gen_dir.join("notes.md"), "not ours\n").expect("write");
+        let file = |name: &str, contents: &str| File {
+            path: Path::new(DIR).join(name),
+            contents: contents.to_string(),
+        };
+        let files = [
+            file("step-01-session.md", "same\n"),
+            file("step-02-session.md", "old\nnew\n"),
+            file("step-03-session.md", "new\n"),
+        ];
+        let problems = compare(root, &files).expect("compare");
+        let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].starts_with("book/generated/step-02-session.md:2: is stale"));
+        assert!(found[1].starts_with("book/generated/step-03-session.md:1: is missing"));
+        assert!(
+            found[2].starts_with("book/generated/step-09-changes.md:1: is no longer generated")
+        );
     }
 
     /// A stale file is reported at its first differing line.
