@@ -35,13 +35,47 @@ impl Binary {
     /// Starts the binary under a shell that first lowers the open-file limit to `limit`, so
     /// `accept` fails with EMFILE once that many descriptors are open.
     pub async fn start_with_fd_limit(path: &str, limit: u32) -> Binary {
+        Binary::start_with_fd_limit_and_args(path, limit, &[]).await
+    }
+
+    /// [`Binary::start_with_fd_limit`] with extra arguments after the address.
+    pub async fn start_with_fd_limit_and_args(
+        path: &str,
+        limit: u32,
+        extra_args: &[&str],
+    ) -> Binary {
         let mut command = Command::new("sh");
-        command.args([
-            "-c",
-            &format!("ulimit -n {limit} && exec \"$0\" 127.0.0.1:0"),
-            path,
-        ]);
+        command
+            .args([
+                "-c",
+                &format!("ulimit -n {limit} && exec \"$0\" 127.0.0.1:0 \"$@\""),
+                path,
+            ])
+            .args(extra_args);
         Binary::start_command(command).await
+    }
+
+    /// Runs `path args...` to completion, for command lines that do not start a server
+    /// (`--help`, a bad flag), and returns what it printed; fails the test if it runs longer
+    /// than [`TIMEOUT`].
+    pub async fn run_to_exit(path: &str, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(path);
+        command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        match tokio::time::timeout(TIMEOUT, command.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => panic!("could not run {path} {args:?}: {e}"),
+            Err(_) => panic!(
+                "{path} {args:?} was still running after {}; it should have exited",
+                human(TIMEOUT)
+            ),
+        }
+    }
+
+    /// The server's process id, for tests that read `/proc/PID/status`.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .id()
+            .expect("the server process has not been waited for, so it has a pid")
     }
 
     /// Starts a prepared command whose program prints `listening on ADDR` when ready.

@@ -73,6 +73,26 @@ impl Client {
         Client::from_stream(stream, name).log_in_as(name).await
     }
 
+    /// Connects and tries to log in as `name`: `Ok` once the server has registered it (as
+    /// [`Client::login`]), or `Err` with the line the server answered instead, such as
+    /// `error: server full`.
+    pub async fn try_login(addr: SocketAddr, name: &str) -> Result<Client, String> {
+        let mut client = Client::connect(addr, name).await;
+        client.send(name).await;
+        client.send(&format!("{name}: logged in?")).await;
+        let expected = format!("from {name}: logged in?");
+        match client.read(TIMEOUT).await {
+            Read::Line(line) if line == expected => Ok(client),
+            Read::Line(line) => Err(line),
+            other => panic!(
+                "{name}: after logging in, expected `{expected}` or an error line within {}, \
+                 but {}",
+                human(TIMEOUT),
+                describe(&other)
+            ),
+        }
+    }
+
     fn from_stream(stream: TcpStream, label: &str) -> Client {
         let (read, writer) = stream.into_split();
         Client {
@@ -133,6 +153,15 @@ impl Client {
         let bytes = format!("{line}\n");
         matches!(
             tokio::time::timeout(TIMEOUT, self.writer.write_all(bytes.as_bytes())).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Like [`Client::send_bytes`], but reports whether the server took the bytes instead of
+    /// failing the test: for clients the server is expected to cut off.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout(TIMEOUT, self.writer.write_all(bytes)).await,
             Ok(Ok(()))
         )
     }
@@ -204,7 +233,8 @@ impl Client {
                     self.name,
                     human(limit),
                     lines.len(),
-                    lines.last()
+                    // Long lines are cut: the failure message should stay readable.
+                    lines.last().map(|l| l.chars().take(80).collect::<String>())
                 ),
             }
         }

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::Client;
 
+mod hardening;
+pub use hardening::*;
+
 /// Each named, connected destination receives `from NAME: text`; nobody else does.
 pub async fn delivers_to_named_destination(addr: SocketAddr) {
     let mut alice = Client::login(addr, "alice").await;
