@@ -324,13 +324,29 @@ impl Recorder<'_> {
     fn act(&mut self, binary: &Path, act: Act) -> Result<()> {
         match act {
             Start => {
-                let mut child = Command::new("sh")
-                    // One pipe for stdout and stderr keeps their lines in the order the server
-                    // wrote them, as a terminal shows them.
+                let mut command = Command::new("sh");
+                // One pipe for stdout and stderr keeps their lines in the order the server
+                // wrote them, as a terminal shows them.
+                command
                     .args(["-c", "exec \"$0\" 127.0.0.1:0 2>&1"])
                     .arg(binary)
                     .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
+                    .stdout(Stdio::piped());
+                // Ctrl-C must act as it does in a terminal. A CI runner may start us with
+                // SIGINT ignored, and an ignored signal stays ignored across exec (the shell may
+                // not undo it), so a step without a handler would never stop: restore the
+                // default action in the child before it runs anything.
+                // SAFETY: between fork and exec only async-signal-safe calls are allowed, and
+                // signal(2) is one; nothing else is touched.
+                #[allow(unsafe_code)]
+                unsafe {
+                    use std::os::unix::process::CommandExt;
+                    command.pre_exec(|| {
+                        libc::signal(libc::SIGINT, libc::SIG_DFL);
+                        Ok(())
+                    });
+                }
+                let mut child = command
                     .spawn()
                     .with_context(|| format!("starting {}", binary.display()))?;
                 let stdout = child
