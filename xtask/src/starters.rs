@@ -169,7 +169,9 @@ fn starter(root: &Path, step: &Step, ex: &Exercise) -> Result<Vec<File>> {
             };
             files.push(File {
                 path: ex.dir.join(&rel),
-                contents,
+                contents: rustfmt(root, &contents).with_context(|| {
+                    format!("formatting the starter made from {}", label.display())
+                })?,
             });
         }
     }
@@ -256,6 +258,31 @@ pub fn blank_regions(text: &str, label: &Path) -> Result<(String, usize)> {
         bail!("{}: region `{open}` is never closed", label.display());
     }
     Ok((out, count))
+}
+
+/// Formats generated code as `cargo fmt` would (a `todo!("long hint")` may need wrapping), so
+/// that the starters pass `cargo fmt --check` like every other crate.
+fn rustfmt(root: &Path, code: &str) -> Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("rustfmt")
+        .args(["--edition", "2024", "--emit", "stdout", "--config-path"])
+        .arg(root.join("rustfmt.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running rustfmt (install it with `rustup component add rustfmt`)")?;
+    child
+        .stdin
+        .take()
+        .context("rustfmt's stdin was piped")?
+        .write_all(code.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("rustfmt failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Puts the starter's note and its lint allowances after the file's `//!` lines (inner

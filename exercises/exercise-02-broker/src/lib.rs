@@ -112,7 +112,9 @@ async fn connection_loop(broker: Sender<Event>, stream: TcpStream) -> Result<()>
     // Then turn each line into a `Message` event (log lines without `:`) until EOF.
     // Sending fails only if the broker is gone, which cannot happen while we hold a sender
     // unless it panicked; then the error ends this connection and is logged.
-    todo!("Register with the broker: send it a `NewPeer` event with the writing half of the socket.")
+    todo!(
+        "Register with the broker: send it a `NewPeer` event with the writing half of the socket."
+    )
 }
 
 /// What readers tell the broker. Every event flows one way: reader -> broker.
@@ -146,7 +148,9 @@ async fn broker_loop(mut events: Receiver<Event>) {
             Event::Message { from, dest, text } => {
                 // Send `from NAME: text` to the channel of each destination that is in the map.
                 // Skip the other names, and log a failed send instead of panicking.
-                todo!("Send `from NAME: text` to the channel of each destination that is in the map.")
+                todo!(
+                    "Send `from NAME: text` to the channel of each destination that is in the map."
+                )
             }
             Event::NewPeer { name, stream } => match peers.entry(name) {
                 // The name is in use. Dropping `stream` closes the newcomer's receiving side,

@@ -218,7 +218,9 @@ async fn broker_loop(mut events: Receiver<Event>) {
                     // Register the peer; spawn a task that runs its writer, then reports its end.
                     // The report is `(name, receiver)` on a clone of `disconnect_sender`, sent
                     // however the writer ended.
-                    todo!("Register the peer; spawn a task that runs its writer, then reports its end.")
+                    todo!(
+                        "Register the peer; spawn a task that runs its writer, then reports its end."
+                    )
                 }
             },
         }
@@ -261,7 +263,9 @@ async fn writer_loop(
     // Write each message as it arrives; stop when `reader_gone` completes or the channel closes.
     // Two things to wait for, so `while let Some(message) = messages.recv().await` no longer
     // fits: this is the `loop` it desugars to, with a `select!` in place of the one `await`.
-    todo!("Write each message as it arrives; stop when `reader_gone` completes or the channel closes.")
+    todo!(
+        "Write each message as it arrives; stop when `reader_gone` completes or the channel closes."
+    )
 }
 
 /// Spawns `fut` and logs its error, if any, instead of losing it.

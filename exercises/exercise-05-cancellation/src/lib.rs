@@ -96,7 +96,9 @@ async fn accept_loop(
     // `run_until_cancelled` gives `None` once the token is cancelled, dropping the `accept` in
     // progress. That is safe because `accept` is cancel safe: a connection it had not returned
     // yet is not lost half-accepted. Returning drops the listener: no new clients.
-    todo!("Accept connections until `shutdown` is cancelled; spawn each on `tracker` with a child token.")
+    todo!(
+        "Accept connections until `shutdown` is cancelled; spawn each on `tracker` with a child token."
+    )
 }
 
 /// Reads one client: its login line, then message lines until it disconnects or shutdown
