@@ -166,8 +166,9 @@ pub struct Message {
 /// terminal).
 pub fn parse_login(line: &str) -> Option<String> {
     // ANCHOR: exercise_validate_name
-    // Trim the line, then refuse (None) an empty name, one longer than MAX_NAME_LEN bytes, and
-    // one with a `,`, a `:` or a control character (`char::is_control`).
+    // Trim the line and return the name only if it follows the rules above.
+    // Refuse (None) an empty name, one longer than MAX_NAME_LEN bytes, and one with a `,`, a
+    // `:` or a control character (`char::is_control`).
     let name = line.trim();
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -353,8 +354,9 @@ async fn wait_or_close(
     grace_period: Duration,
 ) -> Result<()> {
     // ANCHOR: exercise_grace_period
-    // Wait for `tracker.wait()` with `tokio::time::timeout`; if the grace period runs out,
-    // cancel `close`, wait for the tracker again, and return `GracePeriodExpired`.
+    // Wait for the tracker, for at most the grace period; then close what is left.
+    // Use `tokio::time::timeout` around `tracker.wait()`; if the grace period runs out, cancel
+    // `close`, wait for the tracker again, and return `GracePeriodExpired`.
     if tokio::time::timeout(grace_period, tracker.wait())
         .await
         .is_ok()
@@ -718,6 +720,7 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 /// wait behind the lines it is not reading). Its name is free again right away.
 fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: String) {
     // ANCHOR: exercise_slow_consumer
+    // Queue the line without waiting, and drop a peer whose queue is full.
     // Skip unknown names. Queue with `try_send`, never `send().await`; if the queue is full,
     // cancel the peer's `close` token and remove it from the map.
     let Some(peer) = peers.get(name) else {
@@ -743,6 +746,7 @@ fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: String) {
 }
 // ANCHOR_END: slow_consumer
 
+// ANCHOR: remove_peer
 /// Removes a peer whose writer ended, if the entry is still its own: the name may have been
 /// freed (the peer was too slow) and taken by a new session since, which must stay. Messages
 /// still queued cannot be written any more; the log counts them.
@@ -762,6 +766,7 @@ fn remove_peer(
         n => eprintln!("{name} left; {n} messages to it were not delivered"),
     }
 }
+// ANCHOR_END: remove_peer
 // ANCHOR_END: broker_loop
 
 // ANCHOR: writer_loop
