@@ -128,6 +128,17 @@ pub async fn serves_many_clients_at_once(addr: SocketAddr, clients: usize) {
     }
 }
 
+/// The limitation of steps 02 to 05 (step 06 fixes it): a client whose login is refused because
+/// the name is taken keeps its reader, so its lines are routed under the taken name.
+pub async fn refused_login_still_sends_as_taken_name(addr: SocketAddr) {
+    let mut alice = Client::login(addr, "alice").await;
+    let _bob = Client::login(addr, "bob").await;
+    let mut impostor = Client::connect(addr, "a second client logging in as bob").await;
+    impostor.send("bob").await;
+    impostor.send("alice: this is not really bob").await;
+    alice.expect("from bob: this is not really bob").await;
+}
+
 /// A client that disconnects is removed, and its name can be used again at once by a new
 /// connection, which receives what is sent to it after it logged in.
 pub async fn name_reusable_after_disconnect(addr: SocketAddr) {

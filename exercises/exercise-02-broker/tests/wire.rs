@@ -89,3 +89,11 @@ async fn departed_name_stays_taken() {
     alice.send("bob: hello again").await;
     alice.expect_nothing().await;
 }
+
+/// Limitation named in the chapter (fixed in step 06): a login refused because the name is
+/// taken still has its lines routed under that name.
+#[tokio::test]
+async fn refused_login_still_sends_as_taken_name() {
+    let server = testkit::start(exercise_02::run).await;
+    scenarios::refused_login_still_sends_as_taken_name(server.addr()).await;
+}

@@ -226,7 +226,9 @@ async fn broker_loop(mut events: Receiver<Event>) {
         }
     }
 
-    // Dropping the map drops every peer's sender: each writer writes what is queued and ends.
+    // Dropping the map drops every peer's sender, so every writer's channel closes and each
+    // writer comes to its end. (Its reader is gone too, so it may stop with messages still
+    // queued: step 04's writers drain first.)
     drop(peers);
     // Drop our own disconnect sender, so that the channel closes once the last writer is
     // done...

@@ -88,3 +88,11 @@ async fn survives_connection_reset() {
     let server = testkit::start(exercise_03::run).await;
     scenarios::survives_connection_reset(server.addr()).await;
 }
+
+/// Limitation named in the chapter (fixed in step 06): a login refused because the name is
+/// taken still has its lines routed under that name.
+#[tokio::test]
+async fn refused_login_still_sends_as_taken_name() {
+    let server = testkit::start(exercise_03::run).await;
+    scenarios::refused_login_still_sends_as_taken_name(server.addr()).await;
+}

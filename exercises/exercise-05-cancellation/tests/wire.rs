@@ -138,3 +138,11 @@ async fn shutdown_delivers_backlog_to_every_recipient() {
     .await;
     server.finished().await;
 }
+
+/// Limitation named in the chapter (fixed in step 06): a login refused because the name is
+/// taken still has its lines routed under that name.
+#[tokio::test]
+async fn refused_login_still_sends_as_taken_name() {
+    let server = testkit::start(exercise_05::run).await;
+    scenarios::refused_login_still_sends_as_taken_name(server.addr()).await;
+}
