@@ -366,6 +366,15 @@ pub fn prove_starters_fail(root: &Path) -> Result<()> {
     let steps = workspace::steps(root)?;
     let mut problems = Vec::new();
     for ex in steps.iter().filter_map(exercise) {
+        if !root.join(&ex.dir).join("Cargo.toml").is_file() {
+            problems.push(format!(
+                "{} has no starter crate ({} is missing): mark its exercise regions and run \
+                 `cargo xtask gen`",
+                ex.solution.display(),
+                ex.dir.display()
+            ));
+            continue;
+        }
         println!("checking that {} fails its checks…", ex.package);
         let output = Command::new(env!("CARGO"))
             .current_dir(root)
