@@ -65,6 +65,13 @@ impl Default for Config {
     }
 }
 
+/// The longest name a client may log in with, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// How long the accept loop waits after `accept` failed before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+// ANCHOR_END: config
+
 impl Config {
     /// Checks that every limit can be used: counts are at least 1 (a queue of 0 cannot hold
     /// anything, and tokio panics on one) and at most what tokio's semaphores can count.
@@ -89,13 +96,6 @@ impl Config {
         Ok(())
     }
 }
-
-/// The longest name a client may log in with, in bytes.
-pub const MAX_NAME_LEN: usize = 32;
-
-/// How long the accept loop waits after `accept` failed before it tries again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-// ANCHOR_END: config
 
 // ANCHOR: errors
 /// What a client is told, as its last line, before the server closes its connection.
