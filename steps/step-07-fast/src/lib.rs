@@ -1,0 +1,1266 @@
+//! Step 07: the hardened server of step 06, made fast. Same protocol, same limits, same
+//! graceful shutdown; what changes is the cost of each message. Accepted sockets send at once
+//! (`TCP_NODELAY`); a message is formatted once, by its reader, into one shared allocation
+//! that every recipient's queue points to; a writer sends everything queued for its client in
+//! one write; and an idle connection holds small buffers only. (The binary also listens with a
+//! deeper backlog: see `main.rs`.)
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+// ANCHOR: result
+/// Any error, boxed: enough for a server that logs errors rather than matching on them.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The `Result` every fallible function of this step returns.
+pub type Result<T> = std::result::Result<T, Error>;
+// ANCHOR_END: result
+
+// ANCHOR: config
+/// Every limit of the server. The binary starts from [`Config::default`] and changes what its
+/// command-line flags say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The longest line a client may send, in bytes, not counting the `\n`. A longer line gets
+    /// `error: line too long` and the connection is closed.
+    pub max_line_len: usize,
+    /// How long a new client has to send its name before it is closed.
+    pub login_timeout: Duration,
+    /// How many lines may wait for one peer. A peer whose queue is full is too slow: it is
+    /// disconnected.
+    pub peer_queue_len: usize,
+    /// How many events the readers may queue for the broker; a reader that finds the queue
+    /// full waits (it stops reading its client) until the broker catches up.
+    pub broker_queue_len: usize,
+    /// How many clients may be connected at once. One more gets `error: server full`.
+    pub max_connections: usize,
+    /// How long a graceful shutdown may take. After it, the remaining connections are closed
+    /// and [`run`] returns [`GracePeriodExpired`].
+    pub grace_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_line_len: 4096,
+            login_timeout: Duration::from_secs(10),
+            peer_queue_len: 1024,
+            broker_queue_len: 1024,
+            max_connections: 10_000,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Checks that every limit can be used: counts are at least 1 (a queue of 0 cannot hold
+    /// anything, and tokio panics on one) and at most what tokio's semaphores can count.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let counts = [
+            ("max line length", self.max_line_len),
+            ("peer queue length", self.peer_queue_len),
+            ("broker queue length", self.broker_queue_len),
+            ("max connections", self.max_connections),
+        ];
+        for (what, n) in counts {
+            if n == 0 || n > Semaphore::MAX_PERMITS {
+                return Err(format!(
+                    "the {what} must be between 1 and {}, not {n}",
+                    Semaphore::MAX_PERMITS
+                ));
+            }
+        }
+        if self.login_timeout.is_zero() {
+            return Err("the login timeout must be longer than 0".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// The longest name a client may log in with, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// How long the accept loop waits after `accept` failed before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The size a connection's read buffer starts at. Most chat lines fit, and the buffer grows
+/// when a client sends more than that at once.
+const READ_BUFFER: usize = 512;
+// ANCHOR_END: config
+
+// ANCHOR: errors
+/// What a client is told, as its last line, before the server closes its connection.
+const LINE_TOO_LONG: &str = "error: line too long";
+const INVALID_UTF8: &str = "error: invalid UTF-8";
+const INVALID_NAME: &str = "error: invalid name";
+const NAME_TAKEN: &str = "error: name taken";
+const LOGIN_TIMED_OUT: &str = "error: login timed out";
+const SERVER_FULL: &str = "error: server full";
+
+/// The line to send a client whose input broke a rule, or `None` when the error is not the
+/// client's fault to be told about (the connection failed: nobody is there to read it).
+fn refusal(error: &LinesCodecError) -> Option<&'static str> {
+    match error {
+        // `LinesCodec` discards the rest of the line rather than buffering it, so the memory
+        // an attacker can make us hold is `max_line_len`, not the length of their line.
+        LinesCodecError::MaxLineLengthExceeded => Some(LINE_TOO_LONG),
+        // The codec reports a line that is not UTF-8 as an I/O error of kind `InvalidData`.
+        LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(INVALID_UTF8),
+        LinesCodecError::Io(_) => None,
+    }
+}
+
+/// Returned by [`run`] when the grace period ran out before every connection was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GracePeriodExpired {
+    /// The grace period that ran out.
+    pub grace_period: Duration,
+}
+
+impl fmt::Display for GracePeriodExpired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the graceful shutdown took longer than {:?}; the remaining connections were closed",
+            self.grace_period
+        )
+    }
+}
+
+impl std::error::Error for GracePeriodExpired {}
+// ANCHOR_END: errors
+
+// ANCHOR: line
+/// A line as the writers send it, `from NAME: text\n`, built once per message. `Arc<str>`: every
+/// recipient's queue holds a pointer to the same allocation, and cloning it for one more
+/// recipient is an atomic increment, not a copy of the text.
+type Line = Arc<str>;
+
+/// Builds the line every recipient of `text` from `from` receives: `from NAME: text\n`.
+///
+/// The reader of the sender calls it, so the work is spread over the runtime's threads instead
+/// of piling up in the one broker task, and it is done once per message, not once per recipient.
+pub fn message_line(from: &str, text: &str) -> Arc<str> {
+    // ANCHOR: exercise_message_line
+    // Build `from NAME: text\n` in a String of exactly the right capacity (no `format!`), then
+    // turn it into an `Arc<str>`: one allocation that every recipient will share.
+    let mut line = String::with_capacity("from : \n".len() + from.len() + text.len());
+    line.push_str("from ");
+    line.push_str(from);
+    line.push_str(": ");
+    line.push_str(text);
+    line.push('\n');
+    Arc::from(line)
+    // ANCHOR_END: exercise_message_line
+}
+// ANCHOR_END: line
+
+// ANCHOR: channels
+/// The sending end of the readers' channel to the broker and of each peer's queue. Both are
+/// bounded now: an unbounded queue lets one client make the server hold any amount of memory.
+/// (The disconnect channel stays unbounded: each writer sends on it once, so it never holds
+/// more than one entry per connection.)
+type Sender<T> = mpsc::Sender<T>;
+/// The receiving end of those channels.
+type Receiver<T> = mpsc::Receiver<T>;
+// ANCHOR_END: channels
+
+// ANCHOR: parse
+/// A parsed `dest1, dest2: text` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The destinations, trimmed, in the order written; empty names are dropped.
+    pub dest: Vec<String>,
+    /// Everything after the first `:`, trimmed.
+    pub text: String,
+}
+
+// ANCHOR: validate_name
+/// Parses the first line a client sends: its login name, trimmed. `None` unless it is a valid
+/// name: not empty, at most [`MAX_NAME_LEN`] bytes, and without `,` or `:` (which separate
+/// names in a message line) or control characters (which could forge lines in a log or a
+/// terminal).
+pub fn parse_login(line: &str) -> Option<String> {
+    // ANCHOR: exercise_validate_name
+    // Trim the line, then refuse (None) an empty name, one longer than MAX_NAME_LEN bytes, and
+    // one with a `,`, a `:` or a control character (`char::is_control`).
+    let name = line.trim();
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.chars().any(|c| c == ',' || c == ':' || c.is_control());
+    valid.then(|| name.to_string())
+    // ANCHOR_END: exercise_validate_name
+}
+// ANCHOR_END: validate_name
+
+/// Parses a message line. Only the first `:` separates destinations from the text, so
+/// `bob: a:b` sends `a:b`. A line without `:` is not a message: `None`.
+pub fn parse_message(line: &str) -> Option<Message> {
+    let (dest, text) = line.split_once(':')?;
+    let dest = dest
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect();
+    Some(Message {
+        dest,
+        text: text.trim().to_string(),
+    })
+}
+// ANCHOR_END: parse
+
+// ANCHOR: run
+/// Serves clients on `listener` with the default [`Config`] until `shutdown` completes, then
+/// shuts down gracefully: see [`run_with`].
+pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    run_with(listener, shutdown, Config::default()).await
+}
+
+/// Serves clients on `listener` within the limits of `config` until `shutdown` completes, then
+/// shuts down gracefully: it returns `Ok` once every message already read is written and every
+/// connection is closed, or [`GracePeriodExpired`] if that takes longer than the grace period
+/// (the connections still open are closed first).
+pub async fn run_with(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    config: Config,
+) -> Result<()> {
+    config.validate()?;
+    let server = Server::new(config);
+
+    // ANCHOR: trigger
+    let trigger = async {
+        // Cancels the token when this future ends, however it ends.
+        let _cancel_on_exit = server.shutdown.clone().drop_guard();
+        shutdown.await;
+    };
+    // The accept loop ends when the token is cancelled.
+    tokio::join!(trigger, accept_loop(listener, &server));
+    // ANCHOR_END: trigger
+
+    server.shut_down().await
+}
+// ANCHOR_END: run
+
+// ANCHOR: server
+/// What every connection shares: the way to the broker, the tokens that stop it, the tracker
+/// that waits for it, and the connection slots. `run_with` makes one and feeds it the
+/// connections it accepts; tests feed it in-memory pipes instead, so that the rules that
+/// depend on time can be checked with tokio's paused clock.
+pub struct Server {
+    config: Config,
+    broker: Sender<Event>,
+    /// Cancelled when the graceful shutdown begins: readers stop reading, writers write what
+    /// is queued, then everyone ends.
+    shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: every task stops at once and drops its half
+    /// of the socket. Each connection gets a child, which the broker cancels on its own to
+    /// drop one peer that is too slow.
+    close: CancellationToken,
+    tracker: TaskTracker,
+    /// One permit per open connection: at most `max_connections`.
+    slots: Arc<Semaphore>,
+    /// Numbers every connection, so that the broker can tell one session of `bob` from the
+    /// next.
+    next_id: AtomicU64,
+}
+
+impl Server {
+    /// Starts the broker. Call it inside a tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If `config` is not valid (see [`Config::validate`]); `run_with` checks first.
+    pub fn new(config: Config) -> Server {
+        let (broker, events) = mpsc::channel(config.broker_queue_len);
+        let tracker = TaskTracker::new();
+        tracker.spawn(broker_loop(events, tracker.clone(), config.peer_queue_len));
+        Server {
+            config,
+            broker,
+            shutdown: CancellationToken::new(),
+            close: CancellationToken::new(),
+            tracker,
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    // ANCHOR: serve_connection
+    /// Serves one client on `stream`: a TCP connection, or anything else that reads and
+    /// writes bytes. Returns at once; the connection lives in tasks on the tracker.
+    pub fn serve_connection<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        // ANCHOR: connection_limit
+        // `try_acquire`, not `acquire().await`: a full server answers at once instead of
+        // leaving the client (and the accept loop) waiting for a slot.
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            eprintln!(
+                "{} clients connected; refused one",
+                self.config.max_connections
+            );
+            spawn_and_log_error(
+                &self.tracker,
+                until_closed(self.close.clone(), refuse(stream, SERVER_FULL)),
+            );
+            return;
+        };
+        // ANCHOR_END: connection_limit
+        let connection = Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            // ANCHOR: child_token
+            // Children: cancelled when the server's tokens are, and cancellable on their own
+            // without touching any other connection (the broker does so with `close` to drop
+            // a slow peer).
+            shutdown: self.shutdown.child_token(),
+            close: self.close.child_token(),
+            // ANCHOR_END: child_token
+            config: self.config,
+        };
+        spawn_and_log_error(
+            &self.tracker,
+            until_closed(
+                connection.close.clone(),
+                connection_loop(self.broker.clone(), stream, slot, connection),
+            ),
+        );
+    }
+    // ANCHOR_END: serve_connection
+
+    /// Shuts down gracefully, as `run_with` does once its `shutdown` future completes: every
+    /// reader stops, everything already read is delivered, and this returns `Ok` once every
+    /// task is done, or [`GracePeriodExpired`] after the grace period.
+    pub async fn shut_down(self) -> Result<()> {
+        let Server {
+            broker: broker_sender,
+            shutdown,
+            close,
+            tracker,
+            config,
+            ..
+        } = self;
+        // ANCHOR: shutdown
+        // 1. We have left the accept loop. 2. Every reader and writer sees the token
+        // cancelled, or will when it next looks: it stays cancelled.
+        shutdown.cancel();
+        // 3. Drop our own sender to the broker. 4. Each reader stops and drops its sender, so
+        // 5. the broker's channel closes and its receive loop ends. 6. The broker drops the
+        // map, which closes each writer's channel; 7. the writers write what is queued and end.
+        drop(broker_sender);
+        // 8. Wait for every task on the tracker: readers, broker, writers; but no longer than
+        // the grace period.
+        tracker.close();
+        wait_or_close(&tracker, &close, config.grace_period).await
+        // ANCHOR_END: shutdown
+    }
+}
+// ANCHOR_END: server
+
+// ANCHOR: grace_period
+/// Waits until every task on `tracker` is done, for at most `grace_period`. Then it cancels
+/// `close`, which stops every task that is left (a writer blocked on a client that does not
+/// read, for one), waits for them to drop their sockets, and returns [`GracePeriodExpired`].
+async fn wait_or_close(
+    tracker: &TaskTracker,
+    close: &CancellationToken,
+    grace_period: Duration,
+) -> Result<()> {
+    // ANCHOR: exercise_grace_period
+    // Wait for `tracker.wait()` with `tokio::time::timeout`; if the grace period runs out,
+    // cancel `close`, wait for the tracker again, and return `GracePeriodExpired`.
+    if tokio::time::timeout(grace_period, tracker.wait())
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "the grace period of {grace_period:?} is over; closing {} connections",
+        tracker.len().saturating_sub(1)
+    );
+    close.cancel();
+    // Prompt: every task stops at its next `await`, and none of them holds another up.
+    tracker.wait().await;
+    Err(GracePeriodExpired { grace_period }.into())
+    // ANCHOR_END: exercise_grace_period
+}
+// ANCHOR_END: grace_period
+
+// ANCHOR: accept_loop
+/// Accepts connections until the shutdown token is cancelled and hands each to the server.
+///
+/// No `?` here: `accept` fails for reasons that concern one connection (it was reset before we
+/// took it) or that pass (too many open files). Returning the error would end the loop and
+/// with it the whole server, so we log it and go on. We wait a little first: when the process
+/// is out of file descriptors, the pending connection stays pending, and trying again at once
+/// would fail again at once, a busy loop that keeps one core at 100 % until a client leaves.
+async fn accept_loop(listener: TcpListener, server: &Server) {
+    // `run_until_cancelled` gives `None` once the token is cancelled, dropping the `accept` in
+    // progress. That is safe because `accept` is cancel safe: a connection it had not returned
+    // yet is not lost half-accepted. Returning drops the listener: no new clients.
+    while let Some(accepted) = server.shutdown.run_until_cancelled(listener.accept()).await {
+        match accepted {
+            Ok((stream, _peer)) => {
+                // ANCHOR: nodelay
+                no_delay(&stream);
+                // ANCHOR_END: nodelay
+                server.serve_connection(stream);
+            }
+            Err(e) => {
+                eprintln!("accept failed: {e}; trying again in {ACCEPT_BACKOFF:?}");
+                // The shutdown does not wait for the back-off.
+                let backoff = tokio::time::sleep(ACCEPT_BACKOFF);
+                server.shutdown.run_until_cancelled(backoff).await;
+            }
+        }
+    }
+}
+
+// ANCHOR: no_delay
+/// Turns off Nagle's algorithm on an accepted socket: each write is sent at once, instead of
+/// waiting while an earlier segment is unacknowledged. Our writers already gather what is
+/// queued into one write, so Nagle has nothing left to gather; all it would add is the wait
+/// for the client's delayed ACK (up to 40 ms on Linux) before a short reply goes out.
+fn no_delay(stream: &TcpStream) {
+    // Failing only costs speed, not correctness: log it and serve the client anyway.
+    if let Err(e) = stream.set_nodelay(true) {
+        eprintln!("cannot set TCP_NODELAY: {e}");
+    }
+}
+// ANCHOR_END: no_delay
+// ANCHOR_END: accept_loop
+
+// ANCHOR: connection_loop
+/// Who a connection is and how it is told to stop.
+#[derive(Debug)]
+struct Connection {
+    /// Tells this session apart from earlier and later ones with the same name.
+    id: u64,
+    /// Cancelled when the server's graceful shutdown begins.
+    shutdown: CancellationToken,
+    /// Cancelled when this connection must end now: the broker found it too slow, or the
+    /// grace period is over.
+    close: CancellationToken,
+    config: Config,
+}
+
+/// Reads one client: its login line, then message lines until it disconnects, breaks a rule
+/// or shutdown begins, and turns them into events for the broker. The writing half goes to
+/// the broker, which hands it to the peer's writer task along with `writer_shutdown`.
+async fn connection_loop<S>(
+    broker: Sender<Event>,
+    stream: S,
+    slot: OwnedSemaphorePermit,
+    connection: Connection,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Connection {
+        id,
+        shutdown,
+        close,
+        config,
+    } = connection;
+    // The halves can move into different tasks: this one reads, the writer task writes.
+    let (reader, writer) = tokio::io::split(stream);
+    let writer = ClientWriter {
+        stream: Box::new(writer),
+        _slot: slot,
+    };
+    // ANCHOR: line_limit
+    // `LinesCodec` splits the byte stream at `\n` (dropping a `\r` before it) and checks that
+    // each line is UTF-8. With a maximum it never buffers more than `max_line_len` bytes of
+    // one line: past that, it reports `MaxLineLengthExceeded`.
+    // ANCHOR: read_buffer
+    // The buffer starts at `READ_BUFFER` bytes instead of `FramedRead::new`'s 8 KiB: an idle
+    // client costs that much, and a busy one makes it grow (to hold a long line, or whatever
+    // one read brings) as it would anyway.
+    let mut lines = FramedRead::with_capacity(
+        reader,
+        LinesCodec::new_with_max_length(config.max_line_len),
+        READ_BUFFER,
+    );
+    // ANCHOR_END: read_buffer
+    // ANCHOR_END: line_limit
+    // ANCHOR: reader_shutdown
+    // ANCHOR: login
+    // A client that never sends its name must not hold up the shutdown, nor a slot for ever.
+    let first_line = tokio::select! {
+        // `biased`: look at the shutdown first.
+        biased;
+        () = shutdown.cancelled() => return Ok(()),
+        line = tokio::time::timeout(config.login_timeout, lines.next()) => line,
+    };
+    // Until the broker has the writing half, this task is the only one that writes to the
+    // client: it answers a bad login line itself.
+    let name = match first_line {
+        Err(_elapsed) => return refuse(writer.stream, LOGIN_TIMED_OUT).await,
+        Ok(None) => return Err("peer disconnected before sending a name".into()),
+        Ok(Some(Err(e))) => match refusal(&e) {
+            Some(error) => return refuse(writer.stream, error).await,
+            None => return Err(e.into()),
+        },
+        Ok(Some(Ok(line))) => match parse_login(&line) {
+            Some(name) => name,
+            None => return refuse(writer.stream, INVALID_NAME).await,
+        },
+    };
+    // ANCHOR_END: login
+    // ANCHOR_END: reader_shutdown
+    // ANCHOR: shutdown_sender
+    // The reader's last word to its writer. Dropping the sender (on return, on `?`, on a
+    // panic) says "the client left: stop"; sending a line on it says "the client broke a
+    // rule: write what is queued, then this line, then close".
+    let (farewell, reader_gone) = oneshot::channel::<String>();
+    // ANCHOR_END: shutdown_sender
+    // ANCHOR: join
+    // The broker answers whether the name is free, and we wait for the answer before reading
+    // on: a client refused as `bob` must not get a single line routed as `bob`. The broker
+    // never waits for us, so waiting for it cannot deadlock.
+    let (answer, answered) = oneshot::channel();
+    broker
+        .send(Event::NewPeer {
+            name: name.clone(),
+            id,
+            stream: writer,
+            reader_gone,
+            shutdown: shutdown.clone(),
+            close,
+            login: answer,
+        })
+        .await
+        .map_err(|_| BROKER_GONE)?;
+    match answered.await {
+        Ok(Login::Accepted) => eprintln!("{name} logged in"),
+        // The broker gave the writing half back: we answer, as for any bad login.
+        Ok(Login::Taken(writer)) => return refuse(writer.stream, NAME_TAKEN).await,
+        Err(_) => return Err("the broker dropped the login".into()),
+    }
+    // ANCHOR_END: join
+
+    loop {
+        tokio::select! {
+            // Shutdown is checked first, so a client that keeps sending cannot keep its
+            // reader going once the signal is out: every line after it stays unread.
+            biased;
+            () = shutdown.cancelled() => {
+                eprintln!("{name}: stopped reading, shutting down");
+                break;
+            }
+            line = lines.next() => match line {
+                Some(Ok(line)) => match parse_message(&line) {
+                    // ANCHOR: send_line
+                    // `send` waits while the broker's queue is full: this client is not read
+                    // meanwhile, which is the backpressure we want. The line the recipients
+                    // get is built here, once, not by the broker for each of them.
+                    Some(Message { dest, text }) => broker
+                        .send(Event::Message {
+                            dest,
+                            line: message_line(&name, &text),
+                        })
+                        .await
+                        .map_err(|_| BROKER_GONE)?,
+                    // ANCHOR_END: send_line
+                    None => eprintln!("{name}: ignored a line without ':'"),
+                },
+                // ANCHOR: bad_line
+                Some(Err(e)) => match refusal(&e) {
+                    Some(error) => {
+                        eprintln!("{name}: {error}; closing the connection");
+                        // Fails only if the writer has ended: then nobody is left to tell.
+                        let _ = farewell.send(error.to_string());
+                        break;
+                    }
+                    None => return Err(e.into()),
+                },
+                // ANCHOR_END: bad_line
+                None => {
+                    eprintln!("{name} disconnected");
+                    break;
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Sending to the broker fails only if it is gone, which cannot happen while we hold a sender
+/// unless it panicked; then the error ends this connection and is logged. (The event itself,
+/// which may hold a socket, is not `Sync` and cannot travel inside the error.)
+const BROKER_GONE: &str = "the broker is gone";
+
+/// Writes `error` to a client we are not serving and closes the connection.
+async fn refuse<W>(mut stream: W, error: &str) -> Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    eprintln!("refused a client: {error}");
+    stream.write_all(format!("{error}\n").as_bytes()).await?;
+    // Closes our writing direction, so the client reads the line and then the end.
+    stream.shutdown().await?;
+    Ok(())
+}
+// ANCHOR_END: connection_loop
+
+// ANCHOR: event
+/// The writing half of a client's connection, boxed so that the broker does not care what
+/// kind of stream it is, together with the connection's slot: the slot is freed when the
+/// last task using the connection lets go of it, and that is its writer.
+struct ClientWriter {
+    stream: Box<dyn AsyncWrite + Send + Unpin>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl fmt::Debug for ClientWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientWriter")
+    }
+}
+
+/// The broker's answer to a login.
+#[derive(Debug)]
+enum Login {
+    Accepted,
+    /// The name is in use: here is the writing half back.
+    Taken(ClientWriter),
+}
+
+/// What readers tell the broker. Every event flows one way: reader -> broker. (The answer to
+/// a login flows back on a oneshot, but the broker never waits on anyone, so the channels
+/// still cannot wait on each other in a circle.)
+#[derive(Debug)]
+enum Event {
+    /// A client wants to log in as `name`; `stream` is the half of its socket to write to,
+    /// `reader_gone` completes when its reader ends (with a last line, or with an error if
+    /// there is none), `shutdown` and `close` are the connection's tokens, and `login` takes
+    /// the broker's answer.
+    NewPeer {
+        name: String,
+        id: u64,
+        stream: ClientWriter,
+        reader_gone: oneshot::Receiver<String>,
+        shutdown: CancellationToken,
+        close: CancellationToken,
+        login: oneshot::Sender<Login>,
+    },
+    /// `line`, already in the form its recipients get (`from NAME: text\n`), goes to the peers
+    /// named in `dest`.
+    Message { dest: Vec<String>, line: Line },
+}
+// ANCHOR_END: event
+
+// ANCHOR: broker_loop
+/// A connected peer, as the broker sees it.
+#[derive(Debug)]
+struct Peer {
+    /// Which connection this is: a writer that ends removes the entry only if it is its own.
+    id: u64,
+    /// The peer's queue, holding at most `peer_queue_len` lines.
+    queue: Sender<Line>,
+    /// Cancelling it ends the peer's reader and writer at once.
+    close: CancellationToken,
+}
+
+/// Owns the map from names to peers, routes messages, and removes a peer when its writer ends
+/// or when it falls too far behind.
+///
+/// One task owns the map, so no lock is needed: every change to it is an event handled here,
+/// one at a time. This task never waits for a peer: a slow client must not slow everyone
+/// else down. Writers are spawned on `tracker`, so `run` waits for them.
+async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_queue_len: usize) {
+    let mut peers: HashMap<String, Peer> = HashMap::new();
+    // Writers send `(name, id, receiver)` here when they end.
+    let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
+
+    loop {
+        let event = tokio::select! {
+            // Departures first: when a writer has ended and a new login arrives at the same
+            // time, the departed name is free before the login is handled, so a client that
+            // reconnects at once gets its name back.
+            biased;
+            disconnect = disconnect_receiver.recv() => {
+                // `None` cannot happen here: we hold `disconnect_sender` until after the loop.
+                if let Some((name, id, pending)) = disconnect {
+                    remove_peer(&mut peers, name, id, pending);
+                }
+                continue;
+            },
+            event = events.recv() => match event {
+                Some(event) => event,
+                // Every reader and the server are gone: no more events will come.
+                None => break,
+            },
+        };
+        match event {
+            // ANCHOR: route
+            // No formatting and no copy here: each recipient's queue gets a pointer to the
+            // line its sender's reader built.
+            Event::Message { dest, line } => {
+                for name in &dest {
+                    deliver(&mut peers, name, &line);
+                }
+            }
+            // ANCHOR_END: route
+            Event::NewPeer {
+                name,
+                id,
+                stream,
+                reader_gone,
+                shutdown,
+                close,
+                login,
+            } => match peers.entry(name) {
+                Entry::Occupied(entry) => {
+                    eprintln!("{} is taken; login refused", entry.key());
+                    // Fails only if the reader is gone; then nobody needs the answer.
+                    let _ = login.send(Login::Taken(stream));
+                }
+                Entry::Vacant(entry) => {
+                    let (queue, mut receiver) = mpsc::channel(peer_queue_len);
+                    let name = entry.key().clone();
+                    entry.insert(Peer {
+                        id,
+                        queue,
+                        close: close.clone(),
+                    });
+                    // If the reader is gone, so is its end of `reader_gone`: the writer we
+                    // start sees that and ends at once.
+                    let _ = login.send(Login::Accepted);
+                    let disconnect_sender = disconnect_sender.clone();
+                    spawn_and_log_error(&tracker, async move {
+                        let result = until_closed(
+                            close,
+                            writer_loop(&mut receiver, stream, reader_gone, shutdown),
+                        )
+                        .await;
+                        // Hand the receiver back however the writer ended. This send fails
+                        // only once the broker has ended, and then nobody needs the peer
+                        // removed.
+                        let _ = disconnect_sender.send((name, id, receiver));
+                        result
+                    });
+                }
+            },
+        }
+    }
+
+    // ANCHOR: broker_drain
+    // Dropping the map drops every peer's sender: each writer writes what is queued and ends.
+    // No need to wait for the writers here: they are on the tracker, and `run` waits for
+    // everything on it.
+    drop(peers);
+    // ANCHOR_END: broker_drain
+}
+
+// ANCHOR: slow_consumer
+/// Queues `line` for the peer called `name`, if it is connected, without ever waiting.
+///
+/// The policy for a slow consumer: a peer whose queue is full has fallen `peer_queue_len`
+/// lines behind. It is disconnected at once and told nothing more (anything we wrote would
+/// wait behind the lines it is not reading). Its name is free again right away.
+fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: &Line) {
+    // ANCHOR: exercise_slow_consumer
+    // Skip unknown names. Queue with `try_send`, never `send().await`; if the queue is full,
+    // cancel the peer's `close` token and remove it from the map.
+    let Some(peer) = peers.get(name) else {
+        return;
+    };
+    match peer.queue.try_send(Arc::clone(line)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            eprintln!(
+                "{name} is too slow: {} lines are waiting for it; disconnecting it",
+                peer.queue.max_capacity()
+            );
+            // Its reader and writer stop at their next `await`, even in the middle of a
+            // write that would never finish.
+            peer.close.cancel();
+            peers.remove(name);
+        }
+        // The writer has ended and its disconnect is on its way; the line is lost with the
+        // client.
+        Err(TrySendError::Closed(_)) => eprintln!("{name} is gone; a message to it was dropped"),
+    }
+    // ANCHOR_END: exercise_slow_consumer
+}
+// ANCHOR_END: slow_consumer
+
+/// Removes a peer whose writer ended, if the entry is still its own: the name may have been
+/// freed (the peer was too slow) and taken by a new session since, which must stay. Messages
+/// still queued cannot be written any more; the log counts them.
+fn remove_peer(peers: &mut HashMap<String, Peer>, name: String, id: u64, pending: Receiver<Line>) {
+    if let Entry::Occupied(entry) = peers.entry(name.clone()) {
+        if entry.get().id == id {
+            entry.remove();
+        }
+    }
+    match pending.len() {
+        0 => eprintln!("{name} left"),
+        n => eprintln!("{name} left; {n} messages to it were not delivered"),
+    }
+}
+// ANCHOR_END: broker_loop
+
+// ANCHOR: writer_loop
+/// Writes every message the broker routes to one peer, in order, to its socket.
+///
+/// It ends when its reader ends (the client left: `reader_gone` fails), after a last line
+/// when its reader stopped the client for breaking a rule, when its channel closes (the broker
+/// dropped the sender) or when a write fails. Once shutdown has begun it ends only when its
+/// channel closes, after writing everything queued. (And at once, wherever it is, when the
+/// connection's `close` token is cancelled: the caller runs it under `until_closed`.)
+async fn writer_loop(
+    messages: &mut Receiver<Line>,
+    stream: ClientWriter,
+    mut reader_gone: oneshot::Receiver<String>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    // The slot stays taken until this function returns and the socket is dropped. The lines
+    // end in `\n` already: the writer writes their bytes as they are, with no codec and no
+    // buffer of its own while it is idle.
+    let ClientWriter { mut stream, _slot } = stream;
+    // ANCHOR: writer_drain
+    // Once shutdown has begun, our reader stops on its own, while the broker may still route
+    // us messages it read before the signal. So from then on "the reader is gone" no longer
+    // means "the client left": we ignore it and write until the broker closes our channel.
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            // `biased`: the branches are polled in this order, not at random.
+            biased;
+            // A queued message is always written first.
+            message = messages.recv() => match message {
+                // ANCHOR: batch
+                Some(message) => write_batch(message, messages, &mut stream).await?,
+                // ANCHOR_END: batch
+                None => break,
+            },
+            // `&mut`: the same receiver is polled on every turn instead of being moved into
+            // the first one.
+            reader_gone = &mut reader_gone, if !shutting_down => match reader_gone {
+                // ANCHOR: farewell
+                // The client broke a rule. We only get here with an empty queue (`biased`:
+                // queued messages come first), so it has had everything queued before its
+                // error; now the error, and the end.
+                Ok(farewell) => {
+                    stream.write_all(format!("{farewell}\n").as_bytes()).await?;
+                    stream.flush().await?;
+                    break;
+                }
+                // ANCHOR_END: farewell
+                // The sender was dropped: the reader has ended. Why? The token is a state we
+                // can ask: a reader stops for shutdown only after the token was cancelled,
+                // so if it is not cancelled, the client left.
+                Err(_) if !shutdown.is_cancelled() => break,
+                Err(_) => shutting_down = true,
+            },
+        }
+    }
+    // ANCHOR_END: writer_drain
+    Ok(())
+}
+
+// ANCHOR: write_batch
+/// How many bytes one batch gathers at most before it is written. Enough for hundreds of
+/// chat lines per system call; small enough that a writer stuck on a client that does not
+/// read holds little memory besides its queue.
+const BATCH_BYTES: usize = 16 * 1024;
+
+/// Writes `first` and whatever else is already queued (up to about [`BATCH_BYTES`]) with one
+/// `write_all`: one system call for many lines, where step 06's codec copied each line into
+/// its own 8 KiB buffer first. A writer that made one call per line could fall behind a
+/// client that reads perfectly well, and be dropped as too slow.
+///
+/// The batch is a buffer of this call: a writer between batches holds none, so ten thousand
+/// idle clients cost ten thousand empty queues, not ten thousand buffers.
+async fn write_batch<W>(first: Line, messages: &mut Receiver<Line>, stream: &mut W) -> Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    // ANCHOR: exercise_write_batch
+    // If `try_recv` finds nothing more, write `first` as it is. Otherwise copy `first` and
+    // every line `try_recv` gives into one Vec<u8> (stop at BATCH_BYTES) and write it with one
+    // `write_all`. Flush at the end.
+    match messages.try_recv() {
+        // One line: write it from the shared allocation, no copy.
+        Err(_) => stream.write_all(first.as_bytes()).await?,
+        Ok(second) => {
+            let mut batch = Vec::with_capacity(BATCH_BYTES);
+            batch.extend_from_slice(first.as_bytes());
+            batch.extend_from_slice(second.as_bytes());
+            while batch.len() < BATCH_BYTES {
+                let Ok(line) = messages.try_recv() else {
+                    break;
+                };
+                batch.extend_from_slice(line.as_bytes());
+            }
+            stream.write_all(&batch).await?;
+        }
+    }
+    // A no-op on a TCP socket, which keeps no buffer of its own; needed for any stream that
+    // does.
+    stream.flush().await?;
+    Ok(())
+    // ANCHOR_END: exercise_write_batch
+}
+// ANCHOR_END: write_batch
+// ANCHOR_END: writer_loop
+
+// ANCHOR: spawn_and_log_error
+/// Spawns `fut` on `tracker` and logs its error, if any, instead of losing it.
+///
+/// A task's error goes nowhere unless someone awaits its `JoinHandle`, and the accept loop
+/// never does. Logging here means one failing connection is reported and nothing else happens.
+/// Spawning on the tracker (never with a plain `tokio::spawn`, which it would not see) lets
+/// `run` wait for the task.
+fn spawn_and_log_error<F>(tracker: &TaskTracker, fut: F) -> JoinHandle<()>
+where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    tracker.spawn(async move {
+        if let Err(e) = fut.await {
+            eprintln!("connection failed: {e}");
+        }
+    })
+}
+
+/// Runs `fut` until it ends or `close` is cancelled, whichever comes first. Dropping `fut`
+/// drops whatever it holds, sockets included: that is how a stuck connection is closed.
+async fn until_closed<F>(close: CancellationToken, fut: F) -> Result<()>
+where
+    F: Future<Output = Result<()>>,
+{
+    close.run_until_cancelled(fut).await.unwrap_or(Ok(()))
+}
+// ANCHOR_END: spawn_and_log_error
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(dest: &[&str], text: &str) -> Option<Message> {
+        Some(Message {
+            dest: dest.iter().map(|d| d.to_string()).collect(),
+            text: text.to_string(),
+        })
+    }
+
+    /// Names and text are trimmed; several destinations are split at commas.
+    #[test]
+    fn trims_names_and_text() {
+        assert_eq!(
+            parse_message(" bob ,  carol :  hi there  "),
+            msg(&["bob", "carol"], "hi there")
+        );
+    }
+
+    /// Only the first `:` separates destinations from the text.
+    #[test]
+    fn colon_inside_text_is_kept() {
+        assert_eq!(parse_message("bob: a:b"), msg(&["bob"], "a:b"));
+    }
+
+    /// A lone `:` is a message with no destinations and no text.
+    #[test]
+    fn lone_colon() {
+        assert_eq!(parse_message(":"), msg(&[], ""));
+    }
+
+    /// Empty names between commas are dropped.
+    #[test]
+    fn empty_destinations_are_dropped() {
+        assert_eq!(parse_message("a,,b: x"), msg(&["a", "b"], "x"));
+        assert_eq!(parse_message(" , : x"), msg(&[], "x"));
+    }
+
+    /// A line without `:` is not a message.
+    #[test]
+    fn line_without_colon_is_not_a_message() {
+        assert_eq!(parse_message("hello bob"), None);
+        assert_eq!(parse_message(""), None);
+    }
+
+    /// A `\r` left by a CRLF line ending is not part of the text or the name.
+    #[test]
+    fn crlf_endings() {
+        assert_eq!(parse_message("bob: hi\r"), msg(&["bob"], "hi"));
+        assert_eq!(parse_login("alice\r"), Some("alice".to_string()));
+    }
+
+    /// The login name is trimmed, and a blank login line is refused.
+    #[test]
+    fn login_line() {
+        assert_eq!(parse_login("  alice "), Some("alice".to_string()));
+        assert_eq!(parse_login(" \t "), None);
+    }
+
+    /// Names with `,` `:` or control characters, or longer than 32 bytes, are refused; 32
+    /// bytes, inner spaces and non-ASCII letters are fine.
+    #[test]
+    fn invalid_names() {
+        for bad in [
+            "a,b",
+            "a:b",
+            "bob:",
+            "a\u{7}b",
+            "a\tb",
+            "a\u{1b}[31mb",
+            "\0",
+        ] {
+            assert_eq!(parse_login(bad), None, "{bad:?} should be refused");
+        }
+        assert_eq!(parse_login(&"x".repeat(33)), None);
+        // 16 two-byte characters are 32 bytes; 17 are 34.
+        assert_eq!(parse_login(&"é".repeat(16)), Some("é".repeat(16)));
+        assert_eq!(parse_login(&"é".repeat(17)), None);
+        assert_eq!(parse_login(&"x".repeat(32)), Some("x".repeat(32)));
+        assert_eq!(parse_login("bob smith"), Some("bob smith".to_string()));
+    }
+
+    /// What the codec reports maps to the right error line; a failing connection maps to none.
+    #[test]
+    fn refusal_lines() {
+        assert_eq!(
+            refusal(&LinesCodecError::MaxLineLengthExceeded),
+            Some(LINE_TOO_LONG)
+        );
+        let invalid = std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8");
+        assert_eq!(refusal(&LinesCodecError::Io(invalid)), Some(INVALID_UTF8));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(refusal(&LinesCodecError::Io(reset)), None);
+    }
+
+    /// One side of a peer the test logs in by hand: the client's end of its pipe, and what
+    /// its reader would hold.
+    struct HandPeer {
+        client: FramedRead<tokio::io::DuplexStream, LinesCodec>,
+        _farewell: oneshot::Sender<String>,
+        login: oneshot::Receiver<Login>,
+    }
+
+    fn new_peer(name: &str, id: u64, slots: &Arc<Semaphore>) -> (Event, HandPeer) {
+        let (client, served) = tokio::io::duplex(64 * 1024);
+        let (farewell, reader_gone) = oneshot::channel();
+        let (login, answered) = oneshot::channel();
+        let slot = Arc::clone(slots)
+            .try_acquire_owned()
+            .expect("the test's semaphore has room");
+        let event = Event::NewPeer {
+            name: name.to_string(),
+            id,
+            stream: ClientWriter {
+                stream: Box::new(served),
+                _slot: slot,
+            },
+            reader_gone,
+            shutdown: CancellationToken::new(),
+            close: CancellationToken::new(),
+            login,
+        };
+        let peer = HandPeer {
+            client: FramedRead::new(client, LinesCodec::new()),
+            _farewell: farewell,
+            login: answered,
+        };
+        (event, peer)
+    }
+
+    fn to_bob(text: &str) -> Event {
+        Event::Message {
+            dest: vec!["bob".to_string()],
+            line: message_line("alice", text),
+        }
+    }
+
+    /// The reconnect race: `bob` is dropped as too slow, a new `bob` logs in, and only then
+    /// does the old `bob`'s writer end. Its disconnect must not remove the new session (the
+    /// connection id does not match), so messages keep reaching the new `bob`.
+    ///
+    /// Deterministic: on this single-threaded runtime the broker handles every event queued
+    /// before it runs in one go, so the old writer cannot end before the new `bob` is in.
+    #[tokio::test]
+    async fn stale_writer_does_not_remove_a_new_session() {
+        let slots = Arc::new(Semaphore::new(8));
+        let (events, receiver) = mpsc::channel(64);
+        let tracker = TaskTracker::new();
+        let (old_bob, mut old) = new_peer("bob", 1, &slots);
+        let (new_bob, mut new) = new_peer("bob", 2, &slots);
+        // A queue of 2: the third line finds it full (the old writer has not run yet).
+        let queued = [
+            old_bob,
+            to_bob("1"),
+            to_bob("2"),
+            to_bob("3"),
+            new_bob,
+            to_bob("for the new bob"),
+        ];
+        for event in queued {
+            events.send(event).await.expect("the channel has room");
+        }
+        tracker.spawn(broker_loop(receiver, tracker.clone(), 2));
+        assert!(matches!(old.login.await, Ok(Login::Accepted)));
+        assert!(
+            matches!(new.login.await, Ok(Login::Accepted)),
+            "the old bob was dropped as too slow, so its name was free for the new one"
+        );
+        // The old writer was closed before it wrote anything: its client sees the end. The
+        // writer's disconnect is sent in the same poll, before this test task runs again.
+        let old_lines: Vec<_> = tokio::time::timeout(Duration::from_secs(5), old.client.next())
+            .await
+            .expect("the old bob's connection should close")
+            .into_iter()
+            .collect();
+        assert!(old_lines.is_empty(), "the old bob got {old_lines:?}");
+        // The broker handles the stale disconnect before this (it polls disconnects first).
+        events
+            .send(to_bob("after the stale disconnect"))
+            .await
+            .expect("the broker is running");
+        for expected in [
+            "from alice: for the new bob",
+            "from alice: after the stale disconnect",
+        ] {
+            let line = tokio::time::timeout(Duration::from_secs(5), new.client.next()).await;
+            match line {
+                Ok(Some(Ok(line))) => assert_eq!(line, expected),
+                other => panic!(
+                    "the new bob should receive `{expected}`, got {other:?}: the old writer's \
+                     disconnect removed the new session"
+                ),
+            }
+        }
+    }
+
+    /// The line every recipient gets is the wire format, `from NAME: text\n`, text as given.
+    #[test]
+    fn message_line_is_the_wire_format() {
+        assert_eq!(&*message_line("alice", "a:b c"), "from alice: a:b c\n");
+        assert_eq!(&*message_line("é", ""), "from é: \n");
+    }
+
+    /// A sink that records each write it is given, and takes all of it.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A line alone is written as it is; lines queued behind it go out in the same single
+    /// write, in order.
+    #[tokio::test]
+    async fn queued_lines_go_out_in_one_write() {
+        let (queue, mut messages) = mpsc::channel(100);
+        let mut out = Recorder::default();
+        write_batch(message_line("alice", "alone"), &mut messages, &mut out)
+            .await
+            .expect("the recorder takes everything");
+        assert_eq!(out.writes, [b"from alice: alone\n".to_vec()]);
+
+        for i in 1..50 {
+            queue
+                .try_send(message_line("alice", &i.to_string()))
+                .expect("the queue has room");
+        }
+        let mut out = Recorder::default();
+        write_batch(message_line("alice", "0"), &mut messages, &mut out)
+            .await
+            .expect("the recorder takes everything");
+        let expected: String = (0..50).map(|i| format!("from alice: {i}\n")).collect();
+        assert_eq!(out.writes.len(), 1, "50 queued lines took several writes");
+        assert_eq!(String::from_utf8_lossy(&out.writes[0]), expected);
+        assert!(messages.is_empty(), "the batch left lines in the queue");
+    }
+
+    /// A batch stops once it holds `BATCH_BYTES`: the memory a writer adds to its queue is
+    /// bounded, and what is left is written next time, in order.
+    #[tokio::test]
+    async fn a_batch_is_bounded() {
+        let (queue, mut messages) = mpsc::channel(1000);
+        let text = "x".repeat(100);
+        for _ in 0..999 {
+            queue
+                .try_send(message_line("alice", &text))
+                .expect("the queue has room");
+        }
+        let line_len = message_line("alice", &text).len();
+        let mut out = Recorder::default();
+        write_batch(message_line("alice", &text), &mut messages, &mut out)
+            .await
+            .expect("the recorder takes everything");
+        assert_eq!(out.writes.len(), 1);
+        let written = out.writes[0].len();
+        assert!(
+            (BATCH_BYTES..BATCH_BYTES + line_len).contains(&written),
+            "a batch of {written} bytes; expected {BATCH_BYTES} up to one line more"
+        );
+        assert_eq!(
+            messages.len(),
+            1000 - written / line_len,
+            "every line not written should still be queued"
+        );
+    }
+
+    /// Limits of 0 (and beyond what tokio can count) are refused; the defaults are valid.
+    #[test]
+    fn config_validation() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        for broken in [
+            Config {
+                peer_queue_len: 0,
+                ..Config::default()
+            },
+            Config {
+                max_connections: usize::MAX,
+                ..Config::default()
+            },
+            Config {
+                login_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?} should be refused");
+        }
+    }
+}
