@@ -364,8 +364,8 @@ async fn wait_or_close(
         return Ok(());
     }
     eprintln!(
-        "the grace period of {grace_period:?} is over; closing {} connections",
-        tracker.len().saturating_sub(1)
+        "the grace period of {grace_period:?} is over; stopping the {} tasks still running",
+        tracker.len()
     );
     close.cancel();
     // Prompt: every task stops at its next `await`, and none of them holds another up.
