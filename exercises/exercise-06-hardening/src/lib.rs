@@ -370,7 +370,8 @@ struct Connection {
 
 /// Reads one client: its login line, then message lines until it disconnects, breaks a rule
 /// or shutdown begins, and turns them into events for the broker. The writing half goes to
-/// the broker, which hands it to the peer's writer task along with `writer_shutdown`.
+/// the broker, which hands it to the peer's writer task along with the receiving end of the
+/// reader's farewell oneshot and the connection's tokens.
 async fn connection_loop<S>(
     broker: Sender<Event>,
     stream: S,
