@@ -4,6 +4,7 @@
 //! generated files (diffs between steps, recorded terminal sessions, diagrams) and `ci`, the
 //! single command that CI and the README use to run every check.
 
+mod bench;
 mod bookcheck;
 mod browser;
 mod ci;
@@ -41,6 +42,11 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "ci",
         "run every check: fmt, clippy, tests, book checks, generated files, mdbook build, browser",
+    ),
+    (
+        "bench",
+        "bench [--quick] [--steps 02,05,07]: measure the steps with chat-load (release builds) \
+         and write book/generated/measurements.md and .svg; not part of ci",
     ),
     ("help", "list these commands"),
 ];
@@ -90,6 +96,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             no_args(command, rest)?;
             return ci::run(&root);
         }
+        "bench" => bench::run(&root, rest)?,
         "help" | "-h" | "--help" => help(),
         other => {
             help();
