@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::future::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,6 +67,17 @@ impl Default for Config {
     }
 }
 
+/// The longest name a client may log in with, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// How long the accept loop waits after `accept` failed before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The size a connection's read buffer starts at. Most chat lines fit, and the buffer grows
+/// when a client sends more than that at once.
+const READ_BUFFER: usize = 512;
+// ANCHOR_END: config
+
 impl Config {
     /// Checks that every limit can be used: counts are at least 1 (a queue of 0 cannot hold
     /// anything, and tokio panics on one) and at most what tokio's semaphores can count.
@@ -90,17 +102,6 @@ impl Config {
         Ok(())
     }
 }
-
-/// The longest name a client may log in with, in bytes.
-pub const MAX_NAME_LEN: usize = 32;
-
-/// How long the accept loop waits after `accept` failed before it tries again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The size a connection's read buffer starts at. Most chat lines fit, and the buffer grows
-/// when a client sends more than that at once.
-const READ_BUFFER: usize = 512;
-// ANCHOR_END: config
 
 // ANCHOR: errors
 /// What a client is told, as its last line, before the server closes its connection.
@@ -156,8 +157,9 @@ type Line = Arc<str>;
 /// of piling up in the one broker task, and it is done once per message, not once per recipient.
 pub fn message_line(from: &str, text: &str) -> Arc<str> {
     // ANCHOR: exercise_message_line
-    // Build `from NAME: text\n` in a String of exactly the right capacity (no `format!`), then
-    // turn it into an `Arc<str>`: one allocation that every recipient will share.
+    // Build the line once, in an allocation every recipient will share.
+    // Put `from NAME: text\n` in a String of exactly the right capacity (`push_str`, no
+    // `format!`), then turn it into an `Arc<str>`.
     let mut line = String::with_capacity("from : \n".len() + from.len() + text.len());
     line.push_str("from ");
     line.push_str(from);
@@ -195,33 +197,42 @@ pub struct Message {
 /// names in a message line) or control characters (which could forge lines in a log or a
 /// terminal).
 pub fn parse_login(line: &str) -> Option<String> {
-    // ANCHOR: exercise_validate_name
-    // Trim the line, then refuse (None) an empty name, one longer than MAX_NAME_LEN bytes, and
-    // one with a `,`, a `:` or a control character (`char::is_control`).
     let name = line.trim();
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.chars().any(|c| c == ',' || c == ':' || c.is_control());
     valid.then(|| name.to_string())
-    // ANCHOR_END: exercise_validate_name
 }
 // ANCHOR_END: validate_name
 
 /// Parses a message line. Only the first `:` separates destinations from the text, so
 /// `bob: a:b` sends `a:b`. A line without `:` is not a message: `None`.
+///
+/// The server itself uses the two halves below, which borrow from the line instead of
+/// copying each name and the text into a `String` of its own.
 pub fn parse_message(line: &str) -> Option<Message> {
-    let (dest, text) = line.split_once(':')?;
-    let dest = dest
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(String::from)
-        .collect();
+    let (dest, text) = split_message(line)?;
     Some(Message {
-        dest,
-        text: text.trim().to_string(),
+        dest: destinations(dest).map(String::from).collect(),
+        text: text.to_string(),
     })
 }
+
+// ANCHOR: split_message
+/// Splits a message line at its first `:` into the destination list, as written, and the
+/// text, trimmed. `None` for a line without `:`.
+fn split_message(line: &str) -> Option<(&str, &str)> {
+    let (dest, text) = line.split_once(':')?;
+    Some((dest, text.trim()))
+}
+
+/// The names in a destination list: split at commas, trimmed, empty names dropped.
+fn destinations(dest: &str) -> impl Iterator<Item = &str> {
+    dest.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+}
+// ANCHOR_END: split_message
 // ANCHOR_END: parse
 
 // ANCHOR: run
@@ -382,9 +393,6 @@ async fn wait_or_close(
     close: &CancellationToken,
     grace_period: Duration,
 ) -> Result<()> {
-    // ANCHOR: exercise_grace_period
-    // Wait for `tracker.wait()` with `tokio::time::timeout`; if the grace period runs out,
-    // cancel `close`, wait for the tracker again, and return `GracePeriodExpired`.
     if tokio::time::timeout(grace_period, tracker.wait())
         .await
         .is_ok()
@@ -392,14 +400,13 @@ async fn wait_or_close(
         return Ok(());
     }
     eprintln!(
-        "the grace period of {grace_period:?} is over; closing {} connections",
-        tracker.len().saturating_sub(1)
+        "the grace period of {grace_period:?} is over; stopping the {} tasks still running",
+        tracker.len()
     );
     close.cancel();
     // Prompt: every task stops at its next `await`, and none of them holds another up.
     tracker.wait().await;
     Err(GracePeriodExpired { grace_period }.into())
-    // ANCHOR_END: exercise_grace_period
 }
 // ANCHOR_END: grace_period
 
@@ -463,7 +470,8 @@ struct Connection {
 
 /// Reads one client: its login line, then message lines until it disconnects, breaks a rule
 /// or shutdown begins, and turns them into events for the broker. The writing half goes to
-/// the broker, which hands it to the peer's writer task along with `writer_shutdown`.
+/// the broker, which hands it to the peer's writer task along with the receiving end of the
+/// reader's farewell oneshot and the connection's tokens.
 async fn connection_loop<S>(
     broker: Sender<Event>,
     stream: S,
@@ -566,21 +574,29 @@ where
                 break;
             }
             line = lines.next() => match line {
-                Some(Ok(line)) => match parse_message(&line) {
-                    // ANCHOR: send_line
-                    // `send` waits while the broker's queue is full: this client is not read
-                    // meanwhile, which is the backpressure we want. The line the recipients
-                    // get is built here, once, not by the broker for each of them.
-                    Some(Message { dest, text }) => broker
-                        .send(Event::Message {
-                            dest,
-                            line: message_line(&name, &text),
-                        })
-                        .await
-                        .map_err(|_| BROKER_GONE)?,
-                    // ANCHOR_END: send_line
+                // ANCHOR: send_line
+                Some(Ok(mut received)) => match split_message(&received) {
+                    Some((dest, text)) => {
+                        // The line the recipients get is built here, once, not by the broker
+                        // for each of them.
+                        let line = message_line(&name, text);
+                        // The destination list is the start of what we received: cut the
+                        // rest off and send that same `String`, no copy, no `Vec` of names.
+                        let dest_len = dest.len();
+                        received.truncate(dest_len);
+                        // `send` waits while the broker's queue is full: this client is not
+                        // read meanwhile, which is the backpressure we want.
+                        broker
+                            .send(Event::Message {
+                                dest: received,
+                                line,
+                            })
+                            .await
+                            .map_err(|_| BROKER_GONE)?;
+                    }
                     None => eprintln!("{name}: ignored a line without ':'"),
                 },
+                // ANCHOR_END: send_line
                 // ANCHOR: bad_line
                 Some(Err(e)) => match refusal(&e) {
                     Some(error) => {
@@ -662,8 +678,8 @@ enum Event {
         login: oneshot::Sender<Login>,
     },
     /// `line`, already in the form its recipients get (`from NAME: text\n`), goes to the peers
-    /// named in `dest`.
-    Message { dest: Vec<String>, line: Line },
+    /// named in `dest`, the destination list as the client wrote it (`bob, carol`).
+    Message { dest: String, line: Line },
 }
 // ANCHOR_END: event
 
@@ -714,7 +730,7 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
             // No formatting and no copy here: each recipient's queue gets a pointer to the
             // line its sender's reader built.
             Event::Message { dest, line } => {
-                for name in &dest {
+                for name in destinations(&dest) {
                     deliver(&mut peers, name, &line);
                 }
             }
@@ -777,9 +793,6 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 /// lines behind. It is disconnected at once and told nothing more (anything we wrote would
 /// wait behind the lines it is not reading). Its name is free again right away.
 fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: &Line) {
-    // ANCHOR: exercise_slow_consumer
-    // Skip unknown names. Queue with `try_send`, never `send().await`; if the queue is full,
-    // cancel the peer's `close` token and remove it from the map.
     let Some(peer) = peers.get(name) else {
         return;
     };
@@ -799,10 +812,10 @@ fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: &Line) {
         // client.
         Err(TrySendError::Closed(_)) => eprintln!("{name} is gone; a message to it was dropped"),
     }
-    // ANCHOR_END: exercise_slow_consumer
 }
 // ANCHOR_END: slow_consumer
 
+// ANCHOR: remove_peer
 /// Removes a peer whose writer ended, if the entry is still its own: the name may have been
 /// freed (the peer was too slow) and taken by a new session since, which must stay. Messages
 /// still queued cannot be written any more; the log counts them.
@@ -817,6 +830,7 @@ fn remove_peer(peers: &mut HashMap<String, Peer>, name: String, id: u64, pending
         n => eprintln!("{name} left; {n} messages to it were not delivered"),
     }
 }
+// ANCHOR_END: remove_peer
 // ANCHOR_END: broker_loop
 
 // ANCHOR: writer_loop
@@ -896,9 +910,10 @@ where
     W: AsyncWrite + Unpin,
 {
     // ANCHOR: exercise_write_batch
-    // If `try_recv` finds nothing more, write `first` as it is. Otherwise copy `first` and
-    // every line `try_recv` gives into one Vec<u8> (stop at BATCH_BYTES) and write it with one
-    // `write_all`. Flush at the end.
+    // Write `first` and the lines already queued behind it with one write.
+    // If `try_recv` finds nothing more, write `first` as it is; otherwise copy `first` and
+    // every line `try_recv` gives into one Vec<u8> (stop at BATCH_BYTES) and `write_all` it.
+    // Flush at the end.
     match messages.try_recv() {
         // One line: write it from the shared allocation, no copy.
         Err(_) => stream.write_all(first.as_bytes()).await?,
@@ -935,20 +950,30 @@ fn spawn_and_log_error<F>(tracker: &TaskTracker, fut: F) -> JoinHandle<()>
 where
     F: Future<Output = Result<()>> + Send + 'static,
 {
-    tracker.spawn(async move {
-        if let Err(e) = fut.await {
+    // ANCHOR: no_double
+    // `map`, not `async move { fut.await }`: an async block keeps the future it captured
+    // and, once awaited, a second copy of it, so each such wrapper doubles the memory of
+    // every connection's task. A combinator holds `fut` once.
+    tracker.spawn(fut.map(|result| {
+        if let Err(e) = result {
             eprintln!("connection failed: {e}");
         }
-    })
+    }))
+    // ANCHOR_END: no_double
 }
 
 /// Runs `fut` until it ends or `close` is cancelled, whichever comes first. Dropping `fut`
 /// drops whatever it holds, sockets included: that is how a stuck connection is closed.
-async fn until_closed<F>(close: CancellationToken, fut: F) -> Result<()>
+///
+/// Not an `async fn`, for the same reason as above: `with_cancellation_token_owned` is a
+/// plain future that holds `fut` once, where `async fn` + `run_until_cancelled` held it
+/// twice, and `run_until_cancelled`, itself an `async fn`, twice again.
+fn until_closed<F>(close: CancellationToken, fut: F) -> impl Future<Output = Result<()>>
 where
     F: Future<Output = Result<()>>,
 {
-    close.run_until_cancelled(fut).await.unwrap_or(Ok(()))
+    fut.with_cancellation_token_owned(close)
+        .map(|finished| finished.unwrap_or(Ok(())))
 }
 // ANCHOR_END: spawn_and_log_error
 
@@ -1085,7 +1110,7 @@ mod tests {
 
     fn to_bob(text: &str) -> Event {
         Event::Message {
-            dest: vec!["bob".to_string()],
+            dest: "bob".to_string(),
             line: message_line("alice", text),
         }
     }
@@ -1239,6 +1264,25 @@ mod tests {
             messages.len(),
             1000 - written / line_len,
             "every line not written should still be queued"
+        );
+    }
+
+    /// `until_closed` holds the future it wraps once: every connection's task is about the
+    /// size of its own state, not two or four times that.
+    #[test]
+    fn until_closed_holds_the_future_once() {
+        let big = async {
+            let state = [1u8; 4096];
+            tokio::task::yield_now().await;
+            assert_eq!(state[4095], 1);
+            Ok(())
+        };
+        let alone = std::mem::size_of_val(&big);
+        let wrapped = std::mem::size_of_val(&until_closed(CancellationToken::new(), big));
+        assert!(alone >= 4096);
+        assert!(
+            wrapped < alone + 256,
+            "a {alone}-byte future takes {wrapped} bytes once wrapped"
         );
     }
 

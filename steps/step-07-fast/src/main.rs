@@ -138,8 +138,8 @@ fn watch_signals() -> std::io::Result<oneshot::Receiver<()>> {
     tokio::spawn(async move {
         let mut next_signal = async || {
             tokio::select! {
-                _ = interrupt.recv() => ("SIGINT", libc_number::SIGINT),
-                _ = terminate.recv() => ("SIGTERM", libc_number::SIGTERM),
+                _ = interrupt.recv() => ("SIGINT", signal_number::SIGINT),
+                _ = terminate.recv() => ("SIGTERM", signal_number::SIGTERM),
             }
         };
         let (name, _) = next_signal().await;
@@ -156,7 +156,7 @@ fn watch_signals() -> std::io::Result<oneshot::Receiver<()>> {
 
 /// The two signal numbers we report, the same on every unix (POSIX fixes them).
 #[cfg(unix)]
-mod libc_number {
+mod signal_number {
     pub const SIGINT: i32 = 2;
     pub const SIGTERM: i32 = 15;
 }
