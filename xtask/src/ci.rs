@@ -19,6 +19,10 @@ struct Stage {
 
 const STAGES: &[Stage] = &[
     Stage {
+        name: "tools (the pinned mdBook; Chromium and chromedriver for the browser tests)",
+        run: tools,
+    },
+    Stage {
         name: "format (cargo fmt --all --check)",
         run: fmt,
     },
@@ -155,6 +159,15 @@ fn ensure_component(root: &Path, sub: &str, component: &str) -> Result<()> {
 
 /// Opens the built book in headless Chromium, installing Debian's `chromium` and
 /// `chromium-driver` first when they are missing.
+/// Installs what later stages need before any of them runs, so that the browser check's own
+/// unit test (in the test stage) runs against a real Chromium instead of being skipped.
+fn tools(root: &Path) -> Result<()> {
+    ensure_chromium()?;
+    let mdbook = mdbook::ensure(root)?;
+    println!("mdBook: {}", workspace_rel(root, &mdbook));
+    Ok(())
+}
+
 fn browser(root: &Path) -> Result<()> {
     let html = root.join(mdbook::BUILD_DIR);
     if !html.join("index.html").is_file() {
