@@ -151,8 +151,8 @@ fn compare(root: &Path, files: &[File]) -> Result<Vec<Problem>> {
         problems.push(Problem {
             file: rel,
             line: 1,
-            message: "is no longer generated (its step is gone): run `cargo xtask gen`, which \
-                      deletes it"
+            message: "is in a generated directory but no generator produces it (its step is \
+                      gone, or a tool wrote it there): run `cargo xtask gen`, which deletes it"
                 .to_string(),
         });
     }
@@ -215,7 +215,8 @@ mod tests {
         assert!(found[0].starts_with("book/generated/step-02-session.md:2: is stale"));
         assert!(found[1].starts_with("book/generated/step-03-session.md:1: is missing"));
         assert!(
-            found[2].starts_with("book/generated/step-09-changes.md:1: is no longer generated")
+            found[2]
+                .starts_with("book/generated/step-09-changes.md:1: is in a generated directory")
         );
     }
 
