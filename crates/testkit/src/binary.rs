@@ -1,6 +1,7 @@
 //! A step's real binary as a child process: started on port 0, ready once it prints
 //! `listening on ADDR`, stopped by real signals, its stderr kept for tests to search.
 
+use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -80,21 +81,27 @@ impl Binary {
 
     /// Starts a prepared command whose program prints `listening on ADDR` when ready.
     pub async fn start_command(mut command: Command) -> Binary {
+        // stderr goes through a plain pipe read by a plain thread, not a runtime task: when a
+        // test fails, `Drop` must be able to collect the server's last words while the test's
+        // (single-threaded) runtime is blocked in the panic.
+        let (err, err_writer) = std::io::pipe().expect("creating a pipe for the server's stderr");
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(err_writer)
             .kill_on_drop(true);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("could not start the server binary {command:?}: {e}"));
+        // The parent's copy of the writing end goes with `command`, so the reader sees EOF once
+        // the server exits.
+        drop(command);
 
         // Keep draining stderr in the background: a server whose stderr pipe fills up blocks.
         let (tx, stderr) = mpsc::unbounded_channel();
-        let err = child.stderr.take().expect("stderr was piped above");
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -223,5 +230,19 @@ impl Binary {
             self.stderr_seen.push(line);
         }
         &self.stderr_seen
+    }
+}
+
+impl Drop for Binary {
+    /// When a test fails while the server runs, show what the server said: its stderr holds the
+    /// reason a client only sees as a closed connection (a panic such as a `todo!()` that was
+    /// reached, an error it logged). The test harness prints it with the failure.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the server wrote just before the client noticed may still be in the pipe.
+            std::thread::sleep(Duration::from_millis(200));
+            let seen = self.stderr_so_far().join("\n");
+            eprintln!("\n--- what the server wrote on stderr ---\n{seen}\n---");
+        }
     }
 }

@@ -154,7 +154,8 @@ async fn accept_loop(
 // ANCHOR: connection_loop
 /// Reads one client: its login line, then message lines until it disconnects or shutdown
 /// begins, and turns them into events for the broker. The writing half of the socket goes to
-/// the broker, which hands it to the peer's writer task along with `writer_shutdown`.
+/// the broker, which hands it to the peer's writer task along with `reader_gone` and the
+/// connection's token.
 async fn connection_loop(
     broker: Sender<Event>,
     stream: TcpStream,
