@@ -58,7 +58,7 @@ fn owned(path: &Path) -> bool {
         return false;
     };
     let name = rest.to_string_lossy();
-    if name == versions::NAME {
+    if name == versions::NAME || name == session::CLIENT_NAME {
         return true;
     }
     let Some(stem) = name.strip_suffix(".md") else {
@@ -184,6 +184,8 @@ mod tests {
         assert!(owned(Path::new("book/generated/step-03-changes.md")));
         assert!(owned(Path::new("book/generated/step-12-session.md")));
         assert!(owned(Path::new("book/generated/versions.md")));
+        assert!(owned(Path::new("book/generated/client-session.md")));
+        assert!(!owned(Path::new("book/generated/server-session.md")));
         assert!(!owned(Path::new("book/generated/diagram.svg")));
         assert!(!owned(Path::new("book/generated/notes.md")));
         assert!(!owned(Path::new("book/step-03-changes.md")));

@@ -6,12 +6,17 @@
 //! deterministic by waiting: the recorder never moves on until the line the script expects has
 //! arrived, and the server's remaining output is taken only after it exited. The bound port is
 //! shown as 8080, the default a learner's `cargo run` uses.
+//!
+//! A client terminal runs either `nc` (a TCP connection driven by the recorder) or the
+//! project's own client (`crates/client`, a process whose stdin the recorder types into and
+//! whose stdout and stderr it reads through one pipe). The client chapter's session,
+//! `book/generated/client-session.md`, uses the latter against step 05.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +28,17 @@ use crate::workspace::Step;
 
 /// `book/generated/step-NN-session.md`.
 pub const SUFFIX: &str = "-session";
+
+/// The client chapter's session, in `book/generated/`.
+pub const CLIENT_NAME: &str = "client-session.md";
+
+/// The client's package, and the directory whose presence makes its session part of the book.
+const CLIENT_PACKAGE: &str = "client";
+const CLIENT_DIR: &str = "crates/client";
+
+/// The step the client chapter runs its clients against: the book's final server of the
+/// first part, the one the chapter tells a learner to start.
+const CLIENT_SERVER_STEP: u32 = 5;
 
 /// How long the recorder waits for any expected event. Generous: it only waits this long when
 /// the step does not do what the script expects, and CI machines are slow.
@@ -38,9 +54,13 @@ pub enum Act {
     Start,
     /// A client terminal runs `nc 127.0.0.1 8080`.
     Connect(&'static str),
-    /// A client types a line.
+    /// A client terminal runs the project's client, `cargo run -q -p client -- --name NAME`,
+    /// with this name. Its stdout and stderr share one pipe, as in a terminal.
+    Client(&'static str),
+    /// A client types a line (into `nc`, or into the client's stdin).
     Type(&'static str, &'static str),
-    /// A client receives exactly this line next.
+    /// A client receives exactly this line next; for the project's client, this is the next
+    /// line it prints, its own messages included (ports shown as in the server's lines).
     Recv(&'static str, &'static str),
     /// The server prints a line containing this (every line before it is shown too).
     Log(&'static str),
@@ -57,6 +77,8 @@ pub enum Act {
     /// The server closes this client's connection (nothing else arrives first). Like `nc`, the
     /// client keeps its side open until the script closes it or ends.
     Eof(&'static str),
+    /// Wait for the project's client to exit; show the rest of its output and its exit status.
+    ClientExit(&'static str),
 }
 
 use Act::*;
@@ -133,7 +155,7 @@ pub fn script(number: u32) -> Vec<Act> {
         // Steps 04 and 05 shut down gracefully on Ctrl-C and exit 0. One client is connected
         // at the signal. In step 04 its reader and writer both hear the `Notify` and log at the
         // same time; step 05's writer logs nothing.
-        _ => {
+        4 | 5 => {
             acts.extend([
                 Type("bob", "alice: hi alice, bob here"),
                 Recv("alice", "from bob: hi alice, bob here"),
@@ -153,52 +175,154 @@ pub fn script(number: u32) -> Vec<Act> {
             });
             acts.extend([Exit, Eof("alice")]);
         }
+        // Step 06 refuses what breaks the rules with an `error: ...` line and closes that
+        // connection, and nobody else notices: carol tries alice's name, dave sends a message
+        // before logging in (a name with a `:`), and alice and bob chat on. Both are still
+        // connected at Ctrl-C, so both readers log at the same time.
+        _ => acts.extend([
+            Type("bob", "alice: hi alice, bob here"),
+            Recv("alice", "from bob: hi alice, bob here"),
+            Connect("carol"),
+            Type("carol", "alice"),
+            Log("alice is taken; login refused"),
+            Log("refused a client: error: name taken"),
+            Recv("carol", "error: name taken"),
+            Eof("carol"),
+            Connect("dave"),
+            Type("dave", "alice: hi, dave here"),
+            Log("refused a client: error: invalid name"),
+            Recv("dave", "error: invalid name"),
+            Eof("dave"),
+            Type("alice", "bob: did you see that?"),
+            Recv("bob", "from alice: did you see that?"),
+            Interrupt,
+            Log("shutting down"),
+            Logs(&["alice: stopped reading", "bob: stopped reading"]),
+            Exit,
+            Eof("alice"),
+            Eof("bob"),
+        ]),
     }
     acts
 }
 
-/// Builds the step binaries and records one session per step. With `twice`, each session is
-/// recorded a second time and must come out the same: a script that lets two tasks' lines race
-/// is caught when the files are written, not later as a flaky freshness check.
+/// The client chapter's script: step 05 and two clients of our own. They chat, then Ctrl-C
+/// stops the server, and each client says so and exits 0 by itself, with its stdin still open.
+pub fn client_script() -> Vec<Act> {
+    /// What the client prints once it has sent its name (on stderr, which shares the pipe).
+    const ALICE_CONNECTED: &str =
+        "connected to 127.0.0.1:8080 as alice. Type `NAME: message` to chat; Ctrl-D leaves.";
+    const BOB_CONNECTED: &str =
+        "connected to 127.0.0.1:8080 as bob. Type `NAME: message` to chat; Ctrl-D leaves.";
+    const CLOSED: &str = "the server closed the connection";
+    vec![
+        Start,
+        Client("alice"),
+        Recv("alice", ALICE_CONNECTED),
+        Log("alice logged in"),
+        Client("bob"),
+        Recv("bob", BOB_CONNECTED),
+        Log("bob logged in"),
+        // Bob speaks first: when alice has his line, he is registered with the broker for sure
+        // (see the step scripts above).
+        Type("bob", "alice: hi alice, bob here"),
+        Recv("alice", "from bob: hi alice, bob here"),
+        Type("alice", "bob: hello bob, lunch at 12:30?"),
+        Recv("bob", "from alice: hello bob, lunch at 12:30?"),
+        Type("bob", "alice: yes, see you there"),
+        Recv("alice", "from bob: yes, see you there"),
+        Interrupt,
+        Log("shutting down"),
+        Logs(&["alice: stopped reading", "bob: stopped reading"]),
+        Exit,
+        Recv("alice", CLOSED),
+        ClientExit("alice"),
+        Recv("bob", CLOSED),
+        ClientExit("bob"),
+    ]
+}
+
+/// Builds the step binaries and records one session per step, and the client chapter's session
+/// when `crates/client` exists. With `twice`, each session is recorded a second time and must
+/// come out the same: a script that lets two tasks' lines race is caught when the files are
+/// written, not later as a flaky freshness check.
 pub fn generate(root: &Path, steps: &[Step], twice: bool) -> Result<Vec<File>> {
     if steps.is_empty() {
         return Ok(Vec::new());
     }
-    let binaries = build(root, steps)?;
+    let with_client = root.join(CLIENT_DIR).is_dir();
+    let mut packages: Vec<String> = steps.iter().map(Step::expected_package).collect();
+    if with_client {
+        packages.push(CLIENT_PACKAGE.to_string());
+    }
+    let binaries = build(root, &packages)?;
+    let binary = |package: &str| {
+        binaries
+            .get(package)
+            .ok_or_else(|| anyhow!("building {package} produced no binary named {package}"))
+    };
     let mut files = Vec::new();
     for step in steps {
         let package = step.expected_package();
-        let Some(binary) = binaries.get(&package) else {
-            bail!("building {package} produced no binary named {package}");
+        let binaries = Binaries {
+            server: binary(&package)?,
+            client: None,
         };
-        let transcript = record(&package, binary, &script(step.number))
-            .with_context(|| format!("recording the session of {package}"))?;
-        if twice {
-            let again = record(&package, binary, &script(step.number))
-                .with_context(|| format!("recording the session of {package} again"))?;
-            if again != transcript {
-                bail!(
-                    "the session of {package} differs between two runs, so its freshness check \
-                     would be flaky. Make the script in xtask/src/generated/session.rs wait for \
-                     the lines that race (`Log`, or `Logs` for lines in any order).\nfirst \
-                     run:\n{}\nsecond run:\n{}",
-                    render_lines(&transcript),
-                    render_lines(&again)
-                );
-            }
-        }
+        let transcript = record_checked(&package, &binaries, &script(step.number), twice)?;
         files.push(File {
             path: step_file(step, SUFFIX),
-            contents: render(&package, &transcript),
+            contents: render(&step_intro(&package), &transcript),
+        });
+    }
+    if with_client {
+        let package = format!("step-{CLIENT_SERVER_STEP:02}");
+        if !steps.iter().any(|s| s.number == CLIENT_SERVER_STEP) {
+            bail!("{CLIENT_DIR} exists, but its session runs against {package}, which is gone");
+        }
+        let binaries = Binaries {
+            server: binary(&package)?,
+            client: Some(binary(CLIENT_PACKAGE)?),
+        };
+        let transcript = record_checked(&package, &binaries, &client_script(), twice)
+            .context("(the client chapter's session)")?;
+        files.push(File {
+            path: Path::new(super::DIR).join(CLIENT_NAME),
+            contents: render(&client_intro(&package), &transcript),
         });
     }
     Ok(files)
 }
 
-/// Builds the steps' binaries; returns binary name -> path. `cargo test --no-run` rather than
-/// `cargo build`: it builds the binaries with the same features as the tests do, so after
+/// Records a session, and with `twice` records it again and checks both are the same.
+fn record_checked(
+    package: &str,
+    binaries: &Binaries,
+    script: &[Act],
+    twice: bool,
+) -> Result<Vec<Line>> {
+    let transcript = record(package, binaries, script)
+        .with_context(|| format!("recording the session of {package}"))?;
+    if twice {
+        let again = record(package, binaries, script)
+            .with_context(|| format!("recording the session of {package} again"))?;
+        if again != transcript {
+            bail!(
+                "the session of {package} differs between two runs, so its freshness check \
+                 would be flaky. Make the script in xtask/src/generated/session.rs wait for \
+                 the lines that race (`Log`, or `Logs` for lines in any order).\nfirst \
+                 run:\n{}\nsecond run:\n{}",
+                render_lines(&transcript),
+                render_lines(&again)
+            );
+        }
+    }
+    Ok(transcript)
+}
+
+/// Builds the packages' binaries; returns binary name -> path. `cargo test --no-run` rather
+/// than `cargo build`: it builds the binaries with the same features as the tests do, so after
 /// `cargo test --workspace` (as in `ci`) nothing is compiled twice.
-fn build(root: &Path, steps: &[Step]) -> Result<BTreeMap<String, PathBuf>> {
+fn build(root: &Path, packages: &[String]) -> Result<BTreeMap<String, PathBuf>> {
     let mut cmd = process::cargo(root);
     cmd.args([
         "test",
@@ -206,8 +330,8 @@ fn build(root: &Path, steps: &[Step]) -> Result<BTreeMap<String, PathBuf>> {
         "--locked",
         "--message-format=json-render-diagnostics",
     ]);
-    for step in steps {
-        cmd.args(["-p", &step.expected_package()]);
+    for package in packages {
+        cmd.args(["-p", package]);
     }
     cmd.stderr(Stdio::inherit());
     let out = process::output(&mut cmd)?;
@@ -239,26 +363,104 @@ fn build(root: &Path, steps: &[Step]) -> Result<BTreeMap<String, PathBuf>> {
 /// A recorded line: the terminal and what it shows.
 type Line = (String, String);
 
-/// What a client's reader thread sees.
+/// The programs a session runs.
+pub struct Binaries<'a> {
+    /// The step's server.
+    pub server: &'a Path,
+    /// The project's client, for scripts with `Client` acts.
+    pub client: Option<&'a Path>,
+}
+
+/// What a reader thread sees: a line of a connection or of a process's output, or its end.
 enum Incoming {
     Line(String),
     Closed,
 }
 
-/// A client terminal's connection.
-struct Conn {
-    stream: TcpStream,
-    incoming: Receiver<Incoming>,
+/// Reads `source` line by line on a thread of its own; the channel ends with `Closed`.
+fn read_lines(source: impl Read + Send + 'static) -> Receiver<Incoming> {
+    let (tx, incoming) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(source);
+        loop {
+            let mut buf = String::new();
+            match reader.read_line(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = buf.trim_end_matches(['\n', '\r']).to_string();
+                    if tx.send(Incoming::Line(line)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Incoming::Closed);
+    });
+    incoming
 }
 
-/// The server process; killed if the recording fails half-way.
-struct ServerProcess {
+/// A process started as in a terminal; killed if the recording fails half-way.
+struct Process {
     child: Child,
-    output: Receiver<Option<String>>,
+    /// Its stdout and stderr, through one pipe.
+    output: Receiver<Incoming>,
     exited: bool,
 }
 
-impl Drop for ServerProcess {
+impl Process {
+    /// Starts `binary` with `args`. One pipe for stdout and stderr keeps their lines in the
+    /// order the program wrote them, as a terminal shows them. With `stdin`, its stdin is a
+    /// pipe (taken from the returned child) instead of empty.
+    fn start(binary: &Path, args: &[&str], stdin: bool) -> Result<Self> {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "exec \"$0\" \"$@\" 2>&1"])
+            .arg(binary)
+            .args(args)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped());
+        // Ctrl-C must act as it does in a terminal. A CI runner may start us with SIGINT
+        // ignored, and an ignored signal stays ignored across exec (the shell may not undo
+        // it), so a program without a handler would never stop: restore the default action in
+        // the child before it runs anything.
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed, and
+        // signal(2) is one; nothing else is touched.
+        #[allow(unsafe_code)]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        Ok(Process {
+            child,
+            output: read_lines(stdout),
+            exited: false,
+        })
+    }
+
+    /// Waits for the process to exit (at most [`WAIT`]).
+    fn wait(&mut self, who: &str) -> Result<ExitStatus> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = true;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{who} was still running {WAIT:?} after the script expected it to exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
     fn drop(&mut self) {
         if !self.exited {
             let _ = self.child.kill();
@@ -267,10 +469,53 @@ impl Drop for ServerProcess {
     }
 }
 
+/// What a shell reports as `$?`: the exit code, or 128 + the signal that killed it.
+fn shell_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(0)
+    })
+}
+
+/// A client terminal: `nc` (a connection the recorder drives) or the project's client.
+enum Conn {
+    Nc {
+        stream: TcpStream,
+        incoming: Receiver<Incoming>,
+    },
+    Client {
+        process: Process,
+        /// `None` once the client has exited.
+        stdin: Option<ChildStdin>,
+    },
+}
+
+impl Conn {
+    /// The lines this terminal shows that the recorder did not type.
+    fn incoming(&self) -> &Receiver<Incoming> {
+        match self {
+            Conn::Nc { incoming, .. } => incoming,
+            Conn::Client { process, .. } => &process.output,
+        }
+    }
+
+    /// Where typed lines go.
+    fn input(&mut self) -> Result<&mut dyn Write> {
+        match self {
+            Conn::Nc { stream, .. } => Ok(stream),
+            Conn::Client { stdin, .. } => stdin
+                .as_mut()
+                .map(|s| s as &mut dyn Write)
+                .ok_or_else(|| anyhow!("the client has exited")),
+        }
+    }
+}
+
 struct Recorder<'a> {
     package: &'a str,
+    binaries: &'a Binaries<'a>,
     lines: Vec<Line>,
-    server: Option<ServerProcess>,
+    server: Option<Process>,
     port: u16,
     /// Other loopback ports seen in the output (clients' ephemeral ports), in order of
     /// appearance, so they can be shown as stable numbers.
@@ -278,10 +523,11 @@ struct Recorder<'a> {
     conns: BTreeMap<&'static str, Conn>,
 }
 
-/// Runs `script` against the binary and returns the transcript.
-pub fn record(package: &str, binary: &Path, script: &[Act]) -> Result<Vec<Line>> {
+/// Runs `script` against the binaries and returns the transcript.
+pub fn record(package: &str, binaries: &Binaries, script: &[Act]) -> Result<Vec<Line>> {
     let mut r = Recorder {
         package,
+        binaries,
         lines: Vec::new(),
         server: None,
         port: 0,
@@ -289,7 +535,7 @@ pub fn record(package: &str, binary: &Path, script: &[Act]) -> Result<Vec<Line>>
         conns: BTreeMap::new(),
     };
     for act in script {
-        r.act(binary, *act).map_err(|e| {
+        r.act(*act).map_err(|e| {
             anyhow!(
                 "{e}\n(at {act:?}; the transcript so far:)\n{}",
                 render_lines(&r.lines)
@@ -297,7 +543,7 @@ pub fn record(package: &str, binary: &Path, script: &[Act]) -> Result<Vec<Line>>
         })?;
     }
     for (name, conn) in &r.conns {
-        if let Ok(Incoming::Line(line)) = conn.incoming.try_recv() {
+        if let Ok(Incoming::Line(line)) = conn.incoming().try_recv() {
             bail!("{name} received `{line}`, which the script does not expect");
         }
     }
@@ -309,7 +555,7 @@ impl Recorder<'_> {
         self.lines.push((terminal.to_string(), text.into()));
     }
 
-    fn server(&mut self) -> Result<&mut ServerProcess> {
+    fn server(&mut self) -> Result<&mut Process> {
         self.server
             .as_mut()
             .ok_or_else(|| anyhow!("the script uses the server before `Start`"))
@@ -321,53 +567,14 @@ impl Recorder<'_> {
             .ok_or_else(|| anyhow!("{name} is not connected"))
     }
 
-    fn act(&mut self, binary: &Path, act: Act) -> Result<()> {
+    fn act(&mut self, act: Act) -> Result<()> {
         match act {
             Start => {
-                let mut command = Command::new("sh");
-                // One pipe for stdout and stderr keeps their lines in the order the server
-                // wrote them, as a terminal shows them.
-                command
-                    .args(["-c", "exec \"$0\" 127.0.0.1:0 2>&1"])
-                    .arg(binary)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped());
-                // Ctrl-C must act as it does in a terminal. A CI runner may start us with
-                // SIGINT ignored, and an ignored signal stays ignored across exec (the shell may
-                // not undo it), so a step without a handler would never stop: restore the
-                // default action in the child before it runs anything.
-                // SAFETY: between fork and exec only async-signal-safe calls are allowed, and
-                // signal(2) is one; nothing else is touched.
-                #[allow(unsafe_code)]
-                unsafe {
-                    use std::os::unix::process::CommandExt;
-                    command.pre_exec(|| {
-                        libc::signal(libc::SIGINT, libc::SIG_DFL);
-                        Ok(())
-                    });
-                }
-                let mut child = command
-                    .spawn()
-                    .with_context(|| format!("starting {}", binary.display()))?;
-                let stdout = child
-                    .stdout
-                    .take()
-                    .context("the server's stdout is piped")?;
-                let (tx, output) = mpsc::channel();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
-                        if tx.send(Some(line)).is_err() {
-                            return;
-                        }
-                    }
-                    let _ = tx.send(None);
-                });
-                self.server = Some(ServerProcess {
-                    child,
-                    output,
-                    exited: false,
-                });
+                self.server = Some(Process::start(
+                    self.binaries.server,
+                    &["127.0.0.1:0"],
+                    false,
+                )?);
                 self.show("server", format!("$ cargo run -q -p {}", self.package));
                 let line = self.server_line_containing("listening on ")?;
                 let port = line
@@ -384,43 +591,49 @@ impl Recorder<'_> {
                 }
                 let stream = TcpStream::connect(("127.0.0.1", self.port))
                     .with_context(|| format!("{name} could not connect"))?;
-                let reader = stream.try_clone()?;
-                let (tx, incoming) = mpsc::channel();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(reader);
-                    loop {
-                        let mut buf = String::new();
-                        match reader.read_line(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {
-                                let line = buf.trim_end_matches(['\n', '\r']).to_string();
-                                if tx.send(Incoming::Line(line)).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    let _ = tx.send(Incoming::Closed);
-                });
-                self.conns.insert(name, Conn { stream, incoming });
+                let incoming = read_lines(stream.try_clone()?);
+                self.conns.insert(name, Conn::Nc { stream, incoming });
                 self.show(name, format!("$ nc 127.0.0.1 {SHOWN_PORT}"));
+            }
+            Client(name) => {
+                if self.conns.contains_key(name) {
+                    bail!("{name} is already connected");
+                }
+                let client = self
+                    .binaries
+                    .client
+                    .context("the script runs the client, but no client binary was built")?;
+                let addr = format!("127.0.0.1:{}", self.port);
+                let mut process = Process::start(client, &[&addr, "--name", name], true)?;
+                let stdin = process.child.stdin.take();
+                self.conns.insert(name, Conn::Client { process, stdin });
+                // The address is left out: the client's default is the shown port.
+                self.show(
+                    name,
+                    format!("$ cargo run -q -p {CLIENT_PACKAGE} -- --name {name}"),
+                );
             }
             Type(name, text) => {
                 let conn = self.conn(name)?;
-                conn.stream
+                let input = conn.input()?;
+                input
                     .write_all(format!("{text}\n").as_bytes())
+                    .and_then(|()| input.flush())
                     .with_context(|| format!("{name} could not send `{text}`"))?;
                 self.show(name, text);
             }
             Recv(name, expected) => {
-                let conn = self.conn(name)?;
-                match conn.incoming.recv_timeout(WAIT) {
-                    Ok(Incoming::Line(line)) if line == expected => self.show(name, line),
+                let received = self.conn(name)?.incoming().recv_timeout(WAIT);
+                match received {
                     Ok(Incoming::Line(line)) => {
-                        bail!("{name} expected `{expected}` but received `{line}`")
+                        let line = self.normalize(&line);
+                        if line != expected {
+                            bail!("{name} expected `{expected}` but received `{line}`");
+                        }
+                        self.show(name, line);
                     }
                     Ok(Incoming::Closed) | Err(RecvTimeoutError::Disconnected) => {
-                        bail!("{name} expected `{expected}` but the server closed the connection")
+                        bail!("{name} expected `{expected}` but its output ended")
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         bail!("{name} expected `{expected}` but nothing arrived within {WAIT:?}")
@@ -441,8 +654,8 @@ impl Recorder<'_> {
                 while found.iter().any(Option::is_none) {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let line = match self.server()?.output.recv_timeout(left) {
-                        Ok(Some(line)) => line,
-                        Ok(None) | Err(RecvTimeoutError::Disconnected) => {
+                        Ok(Incoming::Line(line)) => line,
+                        Ok(Incoming::Closed) | Err(RecvTimeoutError::Disconnected) => {
                             bail!("the server exited before printing lines containing {needles:?}")
                         }
                         Err(RecvTimeoutError::Timeout) => bail!(
@@ -472,10 +685,15 @@ impl Recorder<'_> {
                     .conns
                     .remove(name)
                     .ok_or_else(|| anyhow!("{name} is not connected"))?;
-                if let Ok(Incoming::Line(line)) = conn.incoming.try_recv() {
+                let Conn::Nc { stream, incoming } = conn else {
+                    bail!(
+                        "`Close` is for `nc` terminals; the client's script ends with `ClientExit`"
+                    );
+                };
+                if let Ok(Incoming::Line(line)) = incoming.try_recv() {
                     bail!("{name} received `{line}`, which the script does not expect");
                 }
-                let _ = conn.stream.shutdown(Shutdown::Both);
+                let _ = stream.shutdown(Shutdown::Both);
                 self.show(name, "^C");
             }
             Interrupt => {
@@ -490,42 +708,22 @@ impl Recorder<'_> {
                 self.show("server", "^C");
             }
             Exit => {
-                let server = self.server()?;
-                let deadline = Instant::now() + WAIT;
-                let status = loop {
-                    if let Some(status) = server.child.try_wait()? {
-                        break status;
-                    }
-                    if Instant::now() > deadline {
-                        bail!(
-                            "the server was still running {WAIT:?} after the script expected it to exit"
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                };
-                server.exited = true;
+                let status = self.server()?.wait("the server")?;
                 // The process is gone, so its output ends: take all of it.
-                loop {
-                    let server = self.server()?;
-                    match server.output.recv_timeout(WAIT) {
-                        Ok(Some(line)) => self.show_server(line),
-                        Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
-                        Err(RecvTimeoutError::Timeout) => {
-                            bail!("the server exited but its output did not end")
-                        }
-                    }
+                while let Some(line) =
+                    self.rest_of_output("the server", |r| r.server.as_ref().map(|p| &p.output))?
+                {
+                    self.show_server(line);
                 }
-                // What a shell reports: the exit code, or 128 + the signal that killed it.
-                let code = status.code().unwrap_or_else(|| {
-                    use std::os::unix::process::ExitStatusExt;
-                    128 + status.signal().unwrap_or(0)
-                });
                 self.show("server", "$ echo $?");
-                self.show("server", code.to_string());
+                self.show("server", shell_code(status).to_string());
             }
             Eof(name) => {
                 let conn = self.conn(name)?;
-                match conn.incoming.recv_timeout(WAIT) {
+                if !matches!(conn, Conn::Nc { .. }) {
+                    bail!("`Eof` is for `nc` terminals: `Recv` what the client prints instead");
+                }
+                match conn.incoming().recv_timeout(WAIT) {
                     Ok(Incoming::Closed) | Err(RecvTimeoutError::Disconnected) => {}
                     Ok(Incoming::Line(line)) => {
                         bail!(
@@ -538,8 +736,37 @@ impl Recorder<'_> {
                 }
                 self.show(name, "[the server closed the connection]");
             }
+            ClientExit(name) => {
+                let Conn::Client { process, stdin } = self.conn(name)? else {
+                    bail!("`ClientExit` is for terminals that run the client");
+                };
+                let status = process.wait(name)?;
+                *stdin = None;
+                while let Some(line) =
+                    self.rest_of_output(name, |r| r.conns.get(name).map(Conn::incoming))?
+                {
+                    let line = self.normalize(&line);
+                    self.show(name, line);
+                }
+                self.show(name, "$ echo $?");
+                self.show(name, shell_code(status).to_string());
+            }
         }
         Ok(())
+    }
+
+    /// The next line of an exited process's output, or `None` at its end.
+    fn rest_of_output(
+        &self,
+        who: &str,
+        output: impl Fn(&Self) -> Option<&Receiver<Incoming>>,
+    ) -> Result<Option<String>> {
+        let output = output(self).ok_or_else(|| anyhow!("{who} is not running"))?;
+        match output.recv_timeout(WAIT) {
+            Ok(Incoming::Line(line)) => Ok(Some(line)),
+            Ok(Incoming::Closed) | Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => bail!("{who} exited but its output did not end"),
+        }
     }
 
     /// Shows server lines until one contains `needle`, and returns that one (not yet shown).
@@ -549,9 +776,9 @@ impl Recorder<'_> {
             let left = deadline.saturating_duration_since(Instant::now());
             let server = self.server()?;
             match server.output.recv_timeout(left) {
-                Ok(Some(line)) if line.contains(needle) => return Ok(line),
-                Ok(Some(line)) => self.show_server(line),
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
+                Ok(Incoming::Line(line)) if line.contains(needle) => return Ok(line),
+                Ok(Incoming::Line(line)) => self.show_server(line),
+                Ok(Incoming::Closed) | Err(RecvTimeoutError::Disconnected) => {
                     bail!("the server exited before printing a line containing `{needle}`")
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -613,17 +840,35 @@ fn render_lines(lines: &[Line]) -> String {
         .collect()
 }
 
-/// The generated Markdown: a sentence on how to read it, then the transcript.
-fn render(package: &str, lines: &[Line]) -> String {
-    let body = render_lines(lines);
-    let fence = super::changes::fence_for(&body);
+/// How to read a step's session.
+fn step_intro(package: &str) -> String {
     format!(
-        "{}\nOne terminal runs the server (`cargo run -q -p {package}`); each of the others runs \
+        "One terminal runs the server (`cargo run -q -p {package}`); each of the others runs \
          `nc 127.0.0.1 8080` for one person. Every line is labelled with the terminal it appears \
          in, in the order things happened. In a client's terminal, lines starting with `from` \
          come from the server and the others are typed; text in square brackets is a note, not \
-         output. This session was recorded from the real binary by `cargo xtask gen`.\n\n\
-         {fence}text\n{body}{fence}\n",
+         output. This session was recorded from the real binary by `cargo xtask gen`."
+    )
+}
+
+/// How to read the client chapter's session.
+fn client_intro(package: &str) -> String {
+    format!(
+        "One terminal runs the server (`cargo run -q -p {package}`); each of the others runs \
+         the client for one person, connecting to the default address, 127.0.0.1:8080. Every \
+         line is labelled with the terminal it appears in, in the order things happened. In a \
+         client's terminal, lines starting with `from` come from the server, `connected ...` \
+         and `the server closed the connection` are the client's own messages, and the others \
+         are typed. This session was recorded from the real binaries by `cargo xtask gen`."
+    )
+}
+
+/// The generated Markdown: a paragraph on how to read it, then the transcript.
+fn render(intro: &str, lines: &[Line]) -> String {
+    let body = render_lines(lines);
+    let fence = super::changes::fence_for(&body);
+    format!(
+        "{}\n{intro}\n\n{fence}text\n{body}{fence}\n",
         banner("cargo xtask gen")
     )
 }
@@ -648,22 +893,30 @@ mod tests {
         );
     }
 
-    /// Every script starts the server, ends with it gone, and closes every client it opens.
+    /// Every script starts the server, ends with it gone, and closes every client it opens;
+    /// every client process it starts, it waits for.
     #[test]
     fn scripts_are_complete() {
-        for n in 1..=9 {
-            let s = script(n);
-            assert_eq!(s.first(), Some(&Start), "step {n}");
+        let scripts = (1..=9).map(|n| (format!("step {n}"), script(n)));
+        for (which, s) in scripts.chain([("the client".to_string(), client_script())]) {
+            assert_eq!(s.first(), Some(&Start), "{which}");
             assert!(
                 s.contains(&Exit),
-                "step {n} never waits for the server to exit"
+                "{which} never waits for the server to exit"
             );
             let opened = s.iter().filter(|a| matches!(a, Connect(_))).count();
             let closed = s.iter().filter(|a| matches!(a, Close(_) | Eof(_))).count();
             assert_eq!(
                 opened, closed,
-                "step {n}: every connection must end in the script"
+                "{which}: every connection must end in the script"
+            );
+            let started = s.iter().filter(|a| matches!(a, Client(_))).count();
+            let exited = s.iter().filter(|a| matches!(a, ClientExit(_))).count();
+            assert_eq!(
+                started, exited,
+                "{which}: every client process must exit in the script"
             );
         }
+        assert!(client_script().iter().any(|a| matches!(a, Client(_))));
     }
 }
