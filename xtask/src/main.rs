@@ -45,8 +45,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "bench",
-        "bench [--quick] [--steps 02,05,07]: measure the steps with chat-load (release builds) \
-         and write book/generated/measurements.md and .svg; not part of ci",
+        "bench [--quick] [--steps 02,05,07] [--runs N]: measure the steps with chat-load \
+         (release builds) and write book/generated/measurements.md and .svg; not part of ci",
     ),
     ("help", "list these commands"),
 ];
