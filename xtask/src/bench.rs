@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use chat_load::bench::num;
 
 use crate::generated;
 use crate::process;
@@ -548,7 +549,7 @@ fn medians(runs: &[Run], rounds: u32) -> String {
                     } else {
                         (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
                     };
-                    format!("{}{unit} ({}–{})", short(median), short(*lo), short(*hi))
+                    format!("{}{unit} ({}–{})", num(median), num(*lo), num(*hi))
                 }
                 _ => "–".to_string(),
             };
@@ -560,26 +561,6 @@ fn medians(runs: &[Run], rounds: u32) -> String {
         md.push('\n');
     }
     md
-}
-
-/// A number with as many decimals as it deserves, thousands set apart by a thin space as
-/// chat-load's table does: `961 649`, `40.5`, `0.25`.
-fn short(x: f64) -> String {
-    if x >= 100.0 {
-        let digits = format!("{x:.0}");
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push('\u{2009}');
-            }
-            out.push(c);
-        }
-        out
-    } else if x >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
 }
 
 /// A second table from the JSON summaries: how connections were accepted, and how the
@@ -594,7 +575,7 @@ fn details(runs: &[Run]) -> String {
             .find(|r| r.server == server && r.scenario == scenario)
             .map(|r| &r.summary)
     };
-    let ms = |v: &serde_json::Value| v.as_f64().map(|x| format!("{} ms", short(x)));
+    let ms = |v: &serde_json::Value| v.as_f64().map(|x| format!("{} ms", num(x)));
     let mut md = String::from(
         "More from the same runs: how many connection attempts the kernel dropped because the \
          listen queue was full (the growth of its `ListenOverflows` counter during the \

@@ -259,9 +259,11 @@ pub fn run_blocking(config: &Config) -> Result<Report, Error> {
 
 const NAMES: [&str; 5] = ["fan-out", "latency", "connections", "shutdown", "memory"];
 
-fn num(x: f64) -> String {
+/// A number as the book writes it, with as many decimals as it deserves: `961 649` (thousands
+/// set apart by a thin space), `40.5`, `0.25`. `cargo xtask bench` uses it too, so that its
+/// tables match this one.
+pub fn num(x: f64) -> String {
     if x >= 100.0 {
-        // Thousands separated by a thin space, as the book writes numbers.
         let s = format!("{:.0}", x);
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
