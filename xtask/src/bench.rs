@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use chat_load::bench::num;
+use chat_load::bench::{ChartRow, num};
 
 use crate::generated;
 use crate::process;
@@ -167,8 +167,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let when = when()?;
     let out = std::env::temp_dir().join(format!("a-chat-bench-{}", std::process::id()));
-    // Every run writes its table over the previous one: the book shows the last run's table
-    // and chart, and the medians of every run.
+    // Every run writes its table over the previous one: the book shows the last run's table,
+    // and the medians of every run in a table and the chart.
     let mut result = Ok(Vec::new());
     for round in 1..=options.runs {
         if options.runs > 1 {
@@ -185,8 +185,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let written = result.and_then(|runs| {
         let table = fs::read_to_string(out.join("measurements.md"))
             .context("chat-load wrote no measurements.md")?;
-        let chart = fs::read_to_string(out.join("measurements.svg"))
-            .context("chat-load wrote no measurements.svg")?;
+        let chart = if options.runs > 1 {
+            median_chart(&runs)
+        } else {
+            fs::read_to_string(out.join("measurements.svg"))
+                .context("chat-load wrote no measurements.svg")?
+        };
         let header = Provenance {
             command,
             when,
@@ -455,8 +459,8 @@ fn compose(p: &Provenance, table: &str, runs: &[Run], rounds: u32) -> String {
     ));
     if rounds > 1 {
         md.push_str(&format!(
-            "The benchmark ran {rounds} times; this table and the chart are from the last run, \
-             and the medians of all {rounds} runs follow below.\n\n"
+            "The benchmark ran {rounds} times; this table is from the last run, and the medians \
+             of all {rounds} runs follow below. The chart shows the medians.\n\n"
         ));
     }
     md.push_str(table.trim_end());
@@ -482,6 +486,55 @@ fn servers(runs: &[Run]) -> Vec<&str> {
     servers
 }
 
+/// One number of every run of `scenario` on `server` that passed its checks, smallest first.
+fn passed(
+    runs: &[Run],
+    server: &str,
+    scenario: &str,
+    pick: fn(&serde_json::Value) -> Option<f64>,
+) -> Vec<f64> {
+    let mut values: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.server == server && r.scenario == scenario)
+        .filter(|r| r.summary["ok"].as_bool() == Some(true))
+        .filter_map(|r| pick(&r.summary))
+        .collect();
+    values.sort_by(f64::total_cmp);
+    values
+}
+
+/// The median of sorted values; `None` for none.
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+fn deliveries_per_s(s: &serde_json::Value) -> Option<f64> {
+    s["deliveries_per_s"].as_f64()
+}
+
+fn p99_ms(s: &serde_json::Value) -> Option<f64> {
+    s["latency_us"]["p99"].as_f64().map(|us| us / 1000.0)
+}
+
+/// The chart of the medians over every run that passed its checks, when there were several
+/// runs: one run's chart would show that run's luck.
+fn median_chart(runs: &[Run]) -> String {
+    let rows: Vec<ChartRow> = servers(runs)
+        .into_iter()
+        .map(|server| ChartRow {
+            label: server.to_string(),
+            deliveries_per_s: median(&passed(runs, server, "fan-out", deliveries_per_s)),
+            p99_ms: median(&passed(runs, server, "latency", p99_ms)),
+        })
+        .collect();
+    chat_load::bench::chart(&rows)
+}
+
 /// The numbers that vary most from run to run, as `median (min–max)` over the runs whose
 /// checks passed; `⚠ k` says how many runs of that scenario failed a check or did not run.
 fn medians(runs: &[Run], rounds: u32) -> String {
@@ -490,24 +543,14 @@ fn medians(runs: &[Run], rounds: u32) -> String {
     }
     type Pick = fn(&serde_json::Value) -> Option<f64>;
     let columns: [(&str, &str, Pick, &str); 5] = [
-        (
-            "fan-out deliveries/s",
-            "fan-out",
-            |s| s["deliveries_per_s"].as_f64(),
-            "",
-        ),
+        ("fan-out deliveries/s", "fan-out", deliveries_per_s, ""),
         (
             "server CPU per delivery",
             "fan-out",
             |s| s["server_cpu_ns_per_delivery"].as_f64(),
             " ns",
         ),
-        (
-            "p99 latency",
-            "latency",
-            |s| s["latency_us"]["p99"].as_f64().map(|us| us / 1000.0),
-            " ms",
-        ),
+        ("p99 latency", "latency", p99_ms, " ms"),
         (
             "RSS per idle connection",
             "connections",
@@ -534,21 +577,10 @@ fn medians(runs: &[Run], rounds: u32) -> String {
     for server in servers(runs) {
         md.push_str(&format!("| {server} |"));
         for (_, scenario, pick, unit) in &columns {
-            let mut values: Vec<f64> = runs
-                .iter()
-                .filter(|r| r.server == server && r.scenario == *scenario)
-                .filter(|r| r.summary["ok"].as_bool() == Some(true))
-                .filter_map(|r| pick(&r.summary))
-                .collect();
-            values.sort_by(f64::total_cmp);
+            let values = passed(runs, server, scenario, *pick);
             let failed = rounds as usize - values.len();
-            let mut cell = match (values.first(), values.last()) {
-                (Some(lo), Some(hi)) => {
-                    let median = if values.len() % 2 == 1 {
-                        values[values.len() / 2]
-                    } else {
-                        (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
-                    };
+            let mut cell = match (median(&values), values.first(), values.last()) {
+                (Some(median), Some(lo), Some(hi)) => {
                     format!("{}{unit} ({}–{})", num(median), num(*lo), num(*hi))
                 }
                 _ => "–".to_string(),
@@ -733,7 +765,7 @@ not json"#;
             "commit `abc123 with uncommitted changes in steps/step-07-x`",
             "rustc 1.90.0",
             "| step-05 |\n",
-            "| step-05 | 3 | 0.25 ms | 1\u{2009}004 ms | 1\u{2009}011 ms | 12 ms |",
+            "| step-05 | 3 | 0.25 ms | 1\u{202F}004 ms | 1\u{202F}011 ms | 12 ms |",
         ] {
             assert!(md.contains(want), "`{want}` missing from\n{md}");
         }
@@ -749,7 +781,7 @@ not json"#;
     }
 
     /// Over several runs, each number is the median of the runs that passed their checks,
-    /// with the range, and the failed runs are counted, not used.
+    /// with the range, and the failed runs are counted, not used; the chart draws the medians.
     #[test]
     fn medians_over_runs() {
         let run = |round: u32, scenario: &str, summary: &str| Run {
@@ -772,7 +804,7 @@ not json"#;
             .find(|l| l.starts_with("| step-07 |"))
             .unwrap_or_else(|| panic!("no row in\n{md}"));
         assert!(
-            row.contains("700\u{2009}000 (500\u{2009}000–900\u{2009}000)"),
+            row.contains("700\u{202F}000 (500\u{202F}000–900\u{202F}000)"),
             "{row}"
         );
         assert!(row.contains("2.00 ms (1.50–2.50) ⚠ 1"), "{row}");
@@ -781,6 +813,14 @@ not json"#;
             "a scenario that never ran: {row}"
         );
         assert!(medians(&runs, 1).is_empty());
+        // The chart draws the same medians, failed runs left out.
+        let svg = median_chart(&runs);
+        assert!(svg.contains(">700\u{202F}000<"), "{svg}");
+        assert!(svg.contains(">2.00 ms<"), "{svg}");
+        assert!(
+            !svg.contains("90.0 ms"),
+            "a failed run must not be drawn: {svg}"
+        );
     }
 
     /// /proc fields are read by exact name.

@@ -259,16 +259,16 @@ pub fn run_blocking(config: &Config) -> Result<Report, Error> {
 
 const NAMES: [&str; 5] = ["fan-out", "latency", "connections", "shutdown", "memory"];
 
-/// A number as the book writes it, with as many decimals as it deserves: `961 649` (thousands
-/// set apart by a thin space), `40.5`, `0.25`. `cargo xtask bench` uses it too, so that its
-/// tables match this one.
+/// A number as the book writes it, with as many decimals as it deserves: `961 649`, `40.5`,
+/// `0.25`. Thousands are set apart by a narrow no-break space, so a table cell never breaks
+/// inside a number. `cargo xtask bench` uses it too, so that its tables match this one.
 pub fn num(x: f64) -> String {
     if x >= 100.0 {
         let s = format!("{:.0}", x);
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
             if i > 0 && (s.len() - i) % 3 == 0 {
-                out.push('\u{2009}');
+                out.push('\u{202F}');
             }
             out.push(c);
         }
@@ -410,87 +410,25 @@ impl Report {
 
     /// Two bar charts side by side: fan-out deliveries per second and p99 latency.
     pub fn svg(&self) -> String {
-        type Value = fn(&Summary) -> Option<f64>;
-        let panels: [(&str, Value, usize, &str); 2] = [
-            (
-                "fan-out, deliveries per second",
-                |s| s.deliveries_per_s,
-                0,
-                "",
-            ),
-            (
-                "p99 delivery latency, ms",
-                |s| s.latency_us.map(|l| l.p99 / 1000.0),
-                1,
-                " ms",
-            ),
-        ];
-        let row_h = 28.0;
-        let label_w = 90.0;
-        let bar_w = 260.0;
-        let panel_w = label_w + bar_w + 90.0;
-        let height = 40.0 + row_h * self.rows.len() as f64 + 10.0;
-        let width = panel_w * 2.0;
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"13\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        );
-        for (p, (title, value, which, unit)) in panels.iter().enumerate() {
-            let x0 = panel_w * p as f64;
-            let _ = writeln!(
-                svg,
-                "<text x=\"{}\" y=\"22\" font-weight=\"bold\">{title}</text>",
-                x0 + 10.0
-            );
-            let values: Vec<Option<f64>> = self
-                .rows
-                .iter()
-                .map(|(_, r)| {
-                    r[*which]
-                        .as_ref()
-                        .and_then(Outcome::summary)
-                        .and_then(value)
-                })
-                .collect();
-            let max = values.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
-            for (i, ((label, _), v)) in self.rows.iter().zip(&values).enumerate() {
-                let y = 40.0 + row_h * i as f64;
-                let _ = writeln!(
-                    svg,
-                    "<text x=\"{}\" y=\"{}\">{}</text>",
-                    x0 + 10.0,
-                    y + 17.0,
-                    escape(label)
-                );
-                match v {
-                    Some(v) => {
-                        let w = if max > 0.0 { bar_w * v / max } else { 0.0 };
-                        let _ = writeln!(
-                            svg,
-                            "<rect x=\"{}\" y=\"{}\" width=\"{w:.1}\" height=\"{}\" \
-                             fill=\"#4a7ab5\"/>\n<text x=\"{}\" y=\"{}\">{}{unit}</text>",
-                            x0 + label_w,
-                            y + 4.0,
-                            row_h - 8.0,
-                            x0 + label_w + w + 5.0,
-                            y + 17.0,
-                            num(*v)
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            svg,
-                            "<text x=\"{}\" y=\"{}\" fill=\"#888\">no result</text>",
-                            x0 + label_w,
-                            y + 17.0
-                        );
-                    }
+        let value = |r: &[Option<Outcome>; 5], which: usize| {
+            r[which].as_ref().and_then(Outcome::summary).and_then(|s| {
+                if which == 0 {
+                    s.deliveries_per_s
+                } else {
+                    s.latency_us.map(|l| l.p99 / 1000.0)
                 }
-            }
-        }
-        svg.push_str("</svg>\n");
-        svg
+            })
+        };
+        let rows: Vec<ChartRow> = self
+            .rows
+            .iter()
+            .map(|(label, r)| ChartRow {
+                label: label.clone(),
+                deliveries_per_s: value(r, 0),
+                p99_ms: value(r, 1),
+            })
+            .collect();
+        chart(&rows)
     }
 
     /// Writes `measurements.md` and `measurements.svg` into `dir`.
@@ -499,6 +437,84 @@ impl Report {
         std::fs::write(dir.join("measurements.md"), self.markdown())?;
         std::fs::write(dir.join("measurements.svg"), self.svg())
     }
+}
+
+/// One server's bars in [`chart`]; `None` is drawn as "no result".
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChartRow {
+    /// The server's name.
+    pub label: String,
+    /// Fan-out deliveries per second.
+    pub deliveries_per_s: Option<f64>,
+    /// p99 delivery latency in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+/// Two bar charts side by side, one row per server: fan-out deliveries per second and p99
+/// latency. `cargo xtask bench --runs N` draws its medians with it.
+pub fn chart(rows: &[ChartRow]) -> String {
+    type Value = fn(&ChartRow) -> Option<f64>;
+    let panels: [(&str, Value, &str); 2] = [
+        ("fan-out, deliveries per second", |r| r.deliveries_per_s, ""),
+        ("p99 delivery latency, ms", |r| r.p99_ms, " ms"),
+    ];
+    let row_h = 28.0;
+    let label_w = 90.0;
+    let bar_w = 260.0;
+    let panel_w = label_w + bar_w + 90.0;
+    let height = 40.0 + row_h * rows.len() as f64 + 10.0;
+    let width = panel_w * 2.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (p, (title, value, unit)) in panels.iter().enumerate() {
+        let x0 = panel_w * p as f64;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"22\" font-weight=\"bold\">{title}</text>",
+            x0 + 10.0
+        );
+        let values: Vec<Option<f64>> = rows.iter().map(value).collect();
+        let max = values.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
+        for (i, (row, v)) in rows.iter().zip(&values).enumerate() {
+            let y = 40.0 + row_h * i as f64;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\">{}</text>",
+                x0 + 10.0,
+                y + 17.0,
+                escape(&row.label)
+            );
+            match v {
+                Some(v) => {
+                    let w = if max > 0.0 { bar_w * v / max } else { 0.0 };
+                    let _ = writeln!(
+                        svg,
+                        "<rect x=\"{}\" y=\"{}\" width=\"{w:.1}\" height=\"{}\" \
+                         fill=\"#4a7ab5\"/>\n<text x=\"{}\" y=\"{}\">{}{unit}</text>",
+                        x0 + label_w,
+                        y + 4.0,
+                        row_h - 8.0,
+                        x0 + label_w + w + 5.0,
+                        y + 17.0,
+                        num(*v)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        svg,
+                        "<text x=\"{}\" y=\"{}\" fill=\"#888\">no result</text>",
+                        x0 + label_w,
+                        y + 17.0
+                    );
+                }
+            }
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 fn escape(s: &str) -> String {
@@ -568,10 +584,10 @@ mod tests {
             .find(|l| l.starts_with("| step-02 |"))
             .expect("a row for step-02");
         for want in [
-            "400\u{2009}000",
+            "400\u{202F}000",
             "0.15 ms",
             "40.0 ms",
-            "11\u{2009}000 B",
+            "11\u{202F}000 B",
             "7 (+3) ⚠",
             "50.0 MB",
         ] {
