@@ -348,9 +348,8 @@ impl Report {
                     Some(n) if n > 0 => format!("{} (+{n})", s.lost),
                     _ => s.lost.to_string(),
                 })),
-                cell(&r[3], |s| s
-                    .exit_s
-                    .map(|x| format!("{} ms", num(x * 1000.0)))),
+                // Whole milliseconds: the exit is timed to 1 ms, polled every 2 ms.
+                cell(&r[3], |s| s.exit_s.map(|x| format!("{:.0} ms", x * 1000.0))),
                 cell(&r[4], |s| s
                     .server_peak_rss_kib
                     .map(|k| format!("{} MB", num(k as f64 / 1024.0)))),
