@@ -409,22 +409,19 @@ impl Report {
 
     /// Two bar charts side by side: fan-out deliveries per second and p99 latency.
     pub fn svg(&self) -> String {
-        let value = |r: &[Option<Outcome>; 5], which: usize| {
-            r[which].as_ref().and_then(Outcome::summary).and_then(|s| {
-                if which == 0 {
-                    s.deliveries_per_s
-                } else {
-                    s.latency_us.map(|l| l.p99 / 1000.0)
-                }
-            })
-        };
+        // Column 0 is the fan-out, column 1 the latency scenario.
+        fn summary(r: &[Option<Outcome>; 5], i: usize) -> Option<&Summary> {
+            r[i].as_ref().and_then(Outcome::summary)
+        }
         let rows: Vec<ChartRow> = self
             .rows
             .iter()
             .map(|(label, r)| ChartRow {
                 label: label.clone(),
-                deliveries_per_s: value(r, 0),
-                p99_ms: value(r, 1),
+                deliveries_per_s: summary(r, 0).and_then(|s| s.deliveries_per_s),
+                p99_ms: summary(r, 1)
+                    .and_then(|s| s.latency_us)
+                    .map(|l| l.p99 / 1000.0),
             })
             .collect();
         chart(&rows)
