@@ -409,15 +409,9 @@ pub fn prove_starters_fail(root: &Path) -> Result<()> {
             .filter_map(|rest| rest.split(';').nth(1))
             .filter_map(|f| f.trim().strip_suffix(" failed")?.parse::<usize>().ok())
             .sum();
-        if text.contains("error[E") || text.contains("could not compile") {
-            problems.push(format!("{} does not compile", ex.package));
-        } else if output.status.success() || failed == 0 {
-            problems.push(format!(
-                "{} passes its checks with the gaps unfilled: its tests prove nothing",
-                ex.package
-            ));
-        } else {
-            println!("  {}: {failed} tests fail, as they should", ex.package);
+        match starter_verdict(output.status.success(), failed, &text) {
+            Ok(()) => println!("  {}: {failed} tests fail, as they should", ex.package),
+            Err(why) => problems.push(format!("{} {why}", ex.package)),
         }
     }
     if problems.is_empty() {
@@ -425,6 +419,28 @@ pub fn prove_starters_fail(root: &Path) -> Result<()> {
     } else {
         bail!("{}", problems.join("\n"))
     }
+}
+
+/// Judges one starter's `cargo test` run: `Ok` when it compiled and some of its tests failed.
+/// A run that failed before any test could fail (a compile error, a full disk, a killed build)
+/// proves nothing either way, and says so with the end of cargo's output instead of claiming
+/// the tests passed.
+fn starter_verdict(success: bool, failed: usize, text: &str) -> Result<(), String> {
+    if text.contains("error[E") {
+        return Err("does not compile".to_string());
+    }
+    if success {
+        return Err("passes its checks with the gaps unfilled: its tests prove nothing".into());
+    }
+    if failed > 0 {
+        return Ok(());
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n    ");
+    Err(format!(
+        "could not be checked: `cargo test` failed before any of its tests failed; \
+         the end of its output:\n    {tail}"
+    ))
 }
 
 #[cfg(test)]
@@ -495,5 +511,28 @@ mod tests {
         assert_eq!(&lines[..2], ["//! Role.", "//! More."]);
         assert!(lines.contains(&"#![allow(unused, unreachable_code)]"));
         assert_eq!(lines.last(), Some(&"use x;"));
+    }
+
+    /// A starter's run is judged by what happened: tests failed (good), compile error, all
+    /// passed, or cargo stopped before any test ran (a full disk), which is not "passed".
+    #[test]
+    fn starter_verdicts() {
+        let failing = "test result: FAILED. 3 passed; 11 failed; 0 ignored";
+        assert_eq!(starter_verdict(false, 11, failing), Ok(()));
+        let broken = "error[E0425]: cannot find value `x`";
+        assert_eq!(
+            starter_verdict(false, 0, broken),
+            Err("does not compile".into())
+        );
+        let passing = "test result: ok. 14 passed; 0 failed";
+        assert!(
+            starter_verdict(true, 0, passing)
+                .unwrap_err()
+                .contains("prove nothing")
+        );
+        let full_disk = "error: could not compile `step-05`\nNo space left on device (os error 28)";
+        let why = starter_verdict(false, 0, full_disk).unwrap_err();
+        assert!(why.contains("could not be checked"), "{why}");
+        assert!(why.contains("No space left on device"), "{why}");
     }
 }
