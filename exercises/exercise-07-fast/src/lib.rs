@@ -17,13 +17,13 @@ use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
@@ -45,9 +45,10 @@ pub struct Config {
     pub max_line_len: usize,
     /// How long a new client has to send its name before it is closed.
     pub login_timeout: Duration,
-    /// How many lines may wait for one peer. A peer whose queue is full is too slow: it is
+    /// How many bytes of lines may wait for one peer (each line counted with its slot in the
+    /// queue, see [`queue_cost`]). A peer whose queue would go over is too slow: it is
     /// disconnected.
-    pub peer_queue_len: usize,
+    pub peer_queue_bytes: usize,
     /// How many events the readers may queue for the broker; a reader that finds the queue
     /// full waits (it stops reading its client) until the broker catches up.
     pub broker_queue_len: usize,
@@ -63,7 +64,7 @@ impl Default for Config {
         Config {
             max_line_len: 4096,
             login_timeout: Duration::from_secs(10),
-            peer_queue_len: 1024,
+            peer_queue_bytes: 512 * 1024,
             broker_queue_len: 1024,
             max_connections: 10_000,
             grace_period: Duration::from_secs(10),
@@ -83,11 +84,12 @@ const READ_BUFFER: usize = 512;
 
 impl Config {
     /// Checks that every limit can be used: counts are at least 1 (a queue of 0 cannot hold
-    /// anything, and tokio panics on one) and at most what tokio's semaphores can count.
+    /// anything, and tokio panics on one) and at most what tokio's semaphores can count, and
+    /// a peer's queue holds at least one line of the longest kind (or every message to a
+    /// client would drop it).
     pub fn validate(&self) -> std::result::Result<(), String> {
         let counts = [
             ("max line length", self.max_line_len),
-            ("peer queue length", self.peer_queue_len),
             ("broker queue length", self.broker_queue_len),
             ("max connections", self.max_connections),
         ];
@@ -101,6 +103,15 @@ impl Config {
         }
         if self.login_timeout.is_zero() {
             return Err("the login timeout must be longer than 0".to_string());
+        }
+        // `from NAME: text\n` with the longest name and text, and its slot.
+        let longest = "from : \n".len() + MAX_NAME_LEN + self.max_line_len + size_of::<Line>();
+        if self.peer_queue_bytes < longest {
+            return Err(format!(
+                "the peer queue must hold at least one line of the longest kind: {longest} \
+                 bytes or more with this max line length, not {}",
+                self.peer_queue_bytes
+            ));
         }
         Ok(())
     }
@@ -162,13 +173,105 @@ pub fn message_line(from: &str, text: &str) -> Arc<str> {
     todo!("Build the line once, in an allocation every recipient will share.")
 }
 
-/// The sending end of the readers' channel to the broker and of each peer's queue. Both are
-/// bounded now: an unbounded queue lets one client make the server hold any amount of memory.
-/// (The disconnect channel stays unbounded: each writer sends on it once, so it never holds
-/// more than one entry per connection.)
+/// The sending end of the readers' channel to the broker. It is bounded: an unbounded queue
+/// lets one client make the server hold any amount of memory. (Each peer's queue is bounded
+/// too, in bytes: see [`PeerQueue`]. The disconnect channel stays unbounded: each writer sends
+/// on it once, so it never holds more than one entry per connection.)
 type Sender<T> = mpsc::Sender<T>;
 /// The receiving end of those channels.
 type Receiver<T> = mpsc::Receiver<T>;
+
+/// What one queued line costs its peer's budget: its bytes and its slot in the queue. The
+/// bytes are shared with the line's other recipients, but this peer alone can keep them
+/// alive, so each recipient is charged all of them.
+pub fn queue_cost(line: &str) -> usize {
+    line.len() + size_of::<Line>()
+}
+
+/// A peer's queue, bounded in bytes instead of lines: a thousand short lines and a few long
+/// ones weigh what they hold. Step 06 counted lines, which is either too few short ones (a
+/// reader that loses the CPU for a moment falls 1024 lines behind at once) or too many long
+/// ones (1024 lines of 4 KiB are 4 MiB).
+///
+/// The channel itself is unbounded; the bound is the `queued` counter, which the broker alone
+/// raises and the writer lowers for every line it takes out. The broker's check can only be
+/// too strict, never too lenient: whatever the writer does meanwhile makes the queue shorter.
+#[derive(Debug)]
+struct PeerQueue {
+    lines: mpsc::UnboundedSender<Line>,
+    queued: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+/// The writer's end of a [`PeerQueue`]: every line taken out gives its cost back.
+#[derive(Debug)]
+struct QueueReceiver {
+    lines: mpsc::UnboundedReceiver<Line>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A queue for one peer, holding at most `budget` bytes of lines (see [`queue_cost`]).
+fn peer_queue(budget: usize) -> (PeerQueue, QueueReceiver) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let queue = PeerQueue {
+        lines: sender,
+        queued: Arc::clone(&queued),
+        budget,
+    };
+    (
+        queue,
+        QueueReceiver {
+            lines: receiver,
+            queued,
+        },
+    )
+}
+
+impl PeerQueue {
+    /// Queues `line` unless that would take the queue over its budget. Never waits.
+    fn try_send(&self, line: &Line) -> std::result::Result<(), TrySendError<()>> {
+        let cost = queue_cost(line);
+        // `Relaxed`: the counter orders nothing else; the channel carries the line itself.
+        if self.queued.load(Ordering::Relaxed).saturating_add(cost) > self.budget {
+            return Err(TrySendError::Full(()));
+        }
+        self.queued.fetch_add(cost, Ordering::Relaxed);
+        self.lines.send(Arc::clone(line)).map_err(|_| {
+            // The writer has ended; the line was not queued after all.
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            TrySendError::Closed(())
+        })
+    }
+
+    /// The bytes waiting, as counted by [`queue_cost`].
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+impl QueueReceiver {
+    /// The next line, waiting for one; `None` once the broker dropped the queue and every line
+    /// is out. Cancel safe, as `UnboundedReceiver::recv` is: nothing after its `await` can be
+    /// interrupted, so a line is either returned or left in the queue.
+    async fn recv(&mut self) -> Option<Line> {
+        let line = self.lines.recv().await?;
+        self.queued.fetch_sub(queue_cost(&line), Ordering::Relaxed);
+        Some(line)
+    }
+
+    /// The next line if one is queued, without waiting.
+    fn try_recv(&mut self) -> std::result::Result<Line, TryRecvError> {
+        let line = self.lines.try_recv()?;
+        self.queued.fetch_sub(queue_cost(&line), Ordering::Relaxed);
+        Ok(line)
+    }
+
+    /// How many lines are waiting.
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+}
 
 /// A parsed `dest1, dest2: text` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +381,11 @@ impl Server {
     pub fn new(config: Config) -> Server {
         let (broker, events) = mpsc::channel(config.broker_queue_len);
         let tracker = TaskTracker::new();
-        tracker.spawn(broker_loop(events, tracker.clone(), config.peer_queue_len));
+        tracker.spawn(broker_loop(
+            events,
+            tracker.clone(),
+            config.peer_queue_bytes,
+        ));
         Server {
             config,
             broker,
@@ -629,8 +736,8 @@ enum Event {
 struct Peer {
     /// Which connection this is: a writer that ends removes the entry only if it is its own.
     id: u64,
-    /// The peer's queue, holding at most `peer_queue_len` lines.
-    queue: Sender<Line>,
+    /// The peer's queue, holding at most `peer_queue_bytes` bytes of lines.
+    queue: PeerQueue,
     /// Cancelling it ends the peer's reader and writer at once.
     close: CancellationToken,
 }
@@ -641,7 +748,7 @@ struct Peer {
 /// One task owns the map, so no lock is needed: every change to it is an event handled here,
 /// one at a time. This task never waits for a peer: a slow client must not slow everyone
 /// else down. Writers are spawned on `tracker`, so `run` waits for them.
-async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_queue_len: usize) {
+async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_queue_bytes: usize) {
     let mut peers: HashMap<String, Peer> = HashMap::new();
     // Writers send `(name, id, receiver)` here when they end.
     let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
@@ -688,7 +795,7 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                     let _ = login.send(Login::Taken(stream));
                 }
                 Entry::Vacant(entry) => {
-                    let (queue, mut receiver) = mpsc::channel(peer_queue_len);
+                    let (queue, mut receiver) = peer_queue(peer_queue_bytes);
                     let name = entry.key().clone();
                     entry.insert(Peer {
                         id,
@@ -724,19 +831,19 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 
 /// Queues `line` for the peer called `name`, if it is connected, without ever waiting.
 ///
-/// The policy for a slow consumer: a peer whose queue is full has fallen `peer_queue_len`
-/// lines behind. It is disconnected at once and told nothing more (anything we wrote would
+/// The policy for a slow consumer: a peer whose queue cannot take `line` has fallen
+/// `peer_queue_bytes` behind. It is disconnected at once and told nothing more (anything we wrote would
 /// wait behind the lines it is not reading). Its name is free again right away.
 fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: &Line) {
     let Some(peer) = peers.get(name) else {
         return;
     };
-    match peer.queue.try_send(Arc::clone(line)) {
+    match peer.queue.try_send(line) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
+        Err(TrySendError::Full(())) => {
             eprintln!(
-                "{name} is too slow: {} lines are waiting for it; disconnecting it",
-                peer.queue.max_capacity()
+                "{name} is too slow: {} bytes are waiting for it; disconnecting it",
+                peer.queue.queued()
             );
             // Its reader and writer stop at their next `await`, even in the middle of a
             // write that would never finish.
@@ -752,7 +859,7 @@ fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: &Line) {
 /// Removes a peer whose writer ended, if the entry is still its own: the name may have been
 /// freed (the peer was too slow) and taken by a new session since, which must stay. Messages
 /// still queued cannot be written any more; the log counts them.
-fn remove_peer(peers: &mut HashMap<String, Peer>, name: String, id: u64, pending: Receiver<Line>) {
+fn remove_peer(peers: &mut HashMap<String, Peer>, name: String, id: u64, pending: QueueReceiver) {
     if let Entry::Occupied(entry) = peers.entry(name.clone()) {
         if entry.get().id == id {
             entry.remove();
@@ -772,7 +879,7 @@ fn remove_peer(peers: &mut HashMap<String, Peer>, name: String, id: u64, pending
 /// channel closes, after writing everything queued. (And at once, wherever it is, when the
 /// connection's `close` token is cancelled: the caller runs it under `until_closed`.)
 async fn writer_loop(
-    messages: &mut Receiver<Line>,
+    messages: &mut QueueReceiver,
     stream: ClientWriter,
     mut reader_gone: oneshot::Receiver<String>,
     shutdown: CancellationToken,
@@ -828,7 +935,7 @@ const BATCH_BYTES: usize = 16 * 1024;
 ///
 /// The batch is a buffer of this call: a writer between batches holds none, so ten thousand
 /// idle clients cost ten thousand empty queues, not ten thousand buffers.
-async fn write_batch<W>(first: Line, messages: &mut Receiver<Line>, stream: &mut W) -> Result<()>
+async fn write_batch<W>(first: Line, messages: &mut QueueReceiver, stream: &mut W) -> Result<()>
 where
     W: AsyncWrite + Unpin,
 {
@@ -1024,7 +1131,7 @@ mod tests {
         let tracker = TaskTracker::new();
         let (old_bob, mut old) = new_peer("bob", 1, &slots);
         let (new_bob, mut new) = new_peer("bob", 2, &slots);
-        // A queue of 2: the third line finds it full (the old writer has not run yet).
+        // A queue of two lines: the third finds it full (the old writer has not run yet).
         let queued = [
             old_bob,
             to_bob("1"),
@@ -1036,7 +1143,8 @@ mod tests {
         for event in queued {
             events.send(event).await.expect("the channel has room");
         }
-        tracker.spawn(broker_loop(receiver, tracker.clone(), 2));
+        let two_lines = 2 * queue_cost(&message_line("alice", "1"));
+        tracker.spawn(broker_loop(receiver, tracker.clone(), two_lines));
         assert!(matches!(old.login.await, Ok(Login::Accepted)));
         assert!(
             matches!(new.login.await, Ok(Login::Accepted)),
@@ -1068,6 +1176,45 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// A peer's queue counts bytes, not lines: it takes lines while their costs fit its
+    /// budget, refuses the one that does not (however few lines are queued), gets room back
+    /// for every line the writer takes out, and a line refused because the writer is gone
+    /// leaves the count as it was.
+    #[test]
+    fn peer_queue_counts_bytes() {
+        let short = message_line("alice", "hi");
+        let long = message_line("alice", &"x".repeat(200));
+        let (queue, mut receiver) = peer_queue(3 * queue_cost(&short));
+        for _ in 0..3 {
+            queue.try_send(&short).expect("three short lines fit");
+        }
+        assert_eq!(queue.queued(), 3 * queue_cost(&short));
+        assert!(matches!(
+            queue.try_send(&short),
+            Err(TrySendError::Full(()))
+        ));
+        assert_eq!(receiver.try_recv().as_deref(), Ok(&*short));
+        assert_eq!(queue.queued(), 2 * queue_cost(&short));
+        assert!(
+            matches!(queue.try_send(&long), Err(TrySendError::Full(()))),
+            "a long line does not fit where a short one was taken out"
+        );
+        queue.try_send(&short).expect("a short one does");
+        assert_eq!(receiver.len(), 3);
+        drop(receiver);
+        assert!(matches!(
+            queue.try_send(&short),
+            Err(TrySendError::Full(()))
+        ));
+        let (queue, receiver) = peer_queue(1 << 20);
+        drop(receiver);
+        assert!(matches!(
+            queue.try_send(&short),
+            Err(TrySendError::Closed(()))
+        ));
+        assert_eq!(queue.queued(), 0, "a line nobody will write still counted");
     }
 
     /// The line every recipient gets is the wire format, `from NAME: text\n`, text as given.
@@ -1112,7 +1259,7 @@ mod tests {
     /// write, in order.
     #[tokio::test]
     async fn queued_lines_go_out_in_one_write() {
-        let (queue, mut messages) = mpsc::channel(100);
+        let (queue, mut messages) = peer_queue(1 << 20);
         let mut out = Recorder::default();
         write_batch(message_line("alice", "alone"), &mut messages, &mut out)
             .await
@@ -1121,7 +1268,7 @@ mod tests {
 
         for i in 1..50 {
             queue
-                .try_send(message_line("alice", &i.to_string()))
+                .try_send(&message_line("alice", &i.to_string()))
                 .expect("the queue has room");
         }
         let mut out = Recorder::default();
@@ -1131,18 +1278,21 @@ mod tests {
         let expected: String = (0..50).map(|i| format!("from alice: {i}\n")).collect();
         assert_eq!(out.writes.len(), 1, "50 queued lines took several writes");
         assert_eq!(String::from_utf8_lossy(&out.writes[0]), expected);
-        assert!(messages.is_empty(), "the batch left lines in the queue");
+        assert!(
+            messages.try_recv().is_err(),
+            "the batch left lines in the queue"
+        );
     }
 
     /// A batch stops once it holds `BATCH_BYTES`: the memory a writer adds to its queue is
     /// bounded, and what is left is written next time, in order.
     #[tokio::test]
     async fn a_batch_is_bounded() {
-        let (queue, mut messages) = mpsc::channel(1000);
+        let (queue, mut messages) = peer_queue(1 << 20);
         let text = "x".repeat(100);
         for _ in 0..999 {
             queue
-                .try_send(message_line("alice", &text))
+                .try_send(&message_line("alice", &text))
                 .expect("the queue has room");
         }
         let line_len = message_line("alice", &text).len();
@@ -1188,7 +1338,12 @@ mod tests {
         assert_eq!(Config::default().validate(), Ok(()));
         for broken in [
             Config {
-                peer_queue_len: 0,
+                peer_queue_bytes: 0,
+                ..Config::default()
+            },
+            // Not even one line of 4 KiB fits.
+            Config {
+                peer_queue_bytes: 4096,
                 ..Config::default()
             },
             Config {

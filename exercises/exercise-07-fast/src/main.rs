@@ -216,7 +216,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         match flag {
             "max-line-len" => config.max_line_len = parse_count(&value).map_err(bad)?,
             "login-timeout" => config.login_timeout = parse_duration(&value).map_err(bad)?,
-            "queue-len" => config.peer_queue_len = parse_count(&value).map_err(bad)?,
+            "queue-bytes" => config.peer_queue_bytes = parse_count(&value).map_err(bad)?,
             "broker-queue-len" => config.broker_queue_len = parse_count(&value).map_err(bad)?,
             "max-connections" => config.max_connections = parse_count(&value).map_err(bad)?,
             "grace-period" => config.grace_period = parse_duration(&value).map_err(bad)?,
@@ -267,8 +267,8 @@ Arguments:
 Options:
   --max-line-len BYTES       longest line a client may send [default: {}]
   --login-timeout DURATION   time a new client has to send its name [default: {}s]
-  --queue-len LINES          lines that may wait for one client before it is dropped as too
-                             slow [default: {}]
+  --queue-bytes BYTES        bytes of lines that may wait for one client before it is
+                             dropped as too slow [default: {}]
   --broker-queue-len EVENTS  events readers may queue for the broker before they wait
                              [default: {}]
   --max-connections N        clients connected at once; one more gets `error: server full`
@@ -284,7 +284,7 @@ Exit codes: {EXIT_CLEAN} clean shutdown; {EXIT_FAILED} failed to start or failed
 ",
         d.max_line_len,
         d.login_timeout.as_secs(),
-        d.peer_queue_len,
+        d.peer_queue_bytes,
         d.broker_queue_len,
         d.max_connections,
         d.grace_period.as_secs(),
@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn every_flag() {
         let parsed = args(
-            "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --queue-len 7 \
+            "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --queue-bytes 70000 \
              --broker-queue-len=8 --max-connections 9 --grace-period 2m",
         );
         assert_eq!(
@@ -325,7 +325,7 @@ mod tests {
                 config: Config {
                     max_line_len: 100,
                     login_timeout: Duration::from_millis(500),
-                    peer_queue_len: 7,
+                    peer_queue_bytes: 70_000,
                     broker_queue_len: 8,
                     max_connections: 9,
                     grace_period: Duration::from_secs(120),
@@ -340,11 +340,11 @@ mod tests {
     fn bad_flags() {
         for (line, needle) in [
             ("--nope 1", "unknown flag `--nope`"),
-            ("--queue-len", "`--queue-len` needs a value"),
-            ("--queue-len ten", "--queue-len ten"),
+            ("--queue-bytes", "`--queue-bytes` needs a value"),
+            ("--queue-bytes ten", "--queue-bytes ten"),
             ("--grace-period 10", "unknown unit"),
             ("--grace-period 10h", "unknown unit `h`"),
-            ("--queue-len 0", "peer queue length"),
+            ("--queue-bytes 100", "at least one line of the longest kind"),
             ("a b", "unexpected argument `b`"),
         ] {
             match args(line) {
@@ -357,11 +357,13 @@ mod tests {
     /// `--help` lists every flag with its default.
     #[test]
     fn help_lists_every_flag() {
-        assert_eq!(args("--queue-len 5 --help"), Ok(Command::Help));
+        assert_eq!(args("--queue-bytes 5 --help"), Ok(Command::Help));
         let help = help();
         for flag in [
             "--max-line-len BYTES       longest line a client may send [default: 4096]",
             "--login-timeout DURATION   time a new client has to send its name [default: 10s]",
+            "--queue-bytes BYTES",
+            "[default: 524288]",
             "[default: 1024]",
             "--max-connections N",
             "[default: 10000]",

@@ -1,5 +1,6 @@
-//! Step 07 over real loopback TCP, in-process: step 06's tests, unchanged, because the fast
-//! server keeps every guarantee of the hardened one. Every claim of step 05 still holds (the
+//! Step 07 over real loopback TCP, in-process: step 06's tests, unchanged but for the peer
+//! queue's limit (now in bytes), because the fast server keeps every guarantee of the hardened
+//! one. Every claim of step 05 still holds (the
 //! chat, disconnections, the graceful shutdown), and every limit answers a client that breaks
 //! it with its error line, closes it, and leaves the others alone. (`binary.rs` checks
 //! signals, flags, exit codes and the listen backlog on the real binary; `timing.rs` the rules
@@ -20,7 +21,7 @@ async fn start(config: Config) -> Server {
 /// what was read, not about slow consumers (which `drops_slow_consumer` covers).
 fn roomy() -> Config {
     Config {
-        peer_queue_len: 1_000_000,
+        peer_queue_bytes: 1 << 40,
         ..Config::default()
     }
 }
