@@ -194,10 +194,10 @@ pub fn queue_cost(line: &str) -> usize {
 /// ones (1024 lines of 4 KiB are 4 MiB).
 ///
 /// The channel itself is unbounded; the bound is the `queued` counter, which the broker alone
-/// raises and the writer lowers for every line it takes out. (Not counted: the `Arc`'s own
-/// header and the allocator's rounding, and the lines of the batch being written, at most
-/// [`BATCH_BYTES`] and a line.) The broker's check can only be
+/// raises and the writer lowers for every line it takes out. The broker's check can only be
 /// too strict, never too lenient: whatever the writer does meanwhile makes the queue shorter.
+/// (Not counted: the `Arc`'s own header and the allocator's rounding, and the batch being
+/// written, at most [`BATCH_BYTES`] and a line.)
 #[derive(Debug)]
 struct PeerQueue {
     lines: mpsc::UnboundedSender<Line>,
