@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::scenario::{self, Stopper, Target};
 use crate::summary::Summary;
-use crate::sys::Probe;
+use crate::sys::{self, Probe};
 use crate::{Error, net};
 
 /// How long a server may take to print `listening on ADDR`.
@@ -118,17 +118,8 @@ struct Running {
 
 async fn start(server: &Server, progress: bool) -> Result<Running, Error> {
     let mut command = Command::new(&server.binary);
-    // A process started in the background by a shell without job control inherits an ignored
-    // SIGINT, and exec keeps "ignored": a server without its own handler would then never stop.
-    // SAFETY: between fork and exec only async-signal-safe calls are allowed; signal(2) is one,
-    // and the closure touches no memory of the parent.
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(|| {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
+    // Steps 02 and 03 have no SIGINT handler: the benchmark's SIGINT must still end them.
+    sys::default_sigint_in_child(command.as_std_mut());
     let mut child = command
         .arg("127.0.0.1:0")
         .stdin(Stdio::null())

@@ -113,6 +113,23 @@ fn clock_ticks_per_second() -> u64 {
     u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
 }
 
+/// Makes `command`'s child start with SIGINT's default action, so that Ctrl-C (or our own
+/// SIGINT) acts on it as in a terminal. A process started in the background by a shell without
+/// job control, or by a CI runner, may inherit an ignored SIGINT, and exec keeps "ignored": a
+/// program without its own handler would then never stop.
+pub fn default_sigint_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; signal(2) is one,
+    // and the closure touches no memory of the parent.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+}
+
 /// The open-file limit after raising the soft limit to the hard one: `(soft, hard)`.
 pub fn raise_open_file_limit() -> (u64, u64) {
     let mut lim = libc::rlimit {

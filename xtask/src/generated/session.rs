@@ -419,20 +419,9 @@ impl Process {
             .args(args)
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped());
-        // Ctrl-C must act as it does in a terminal. A CI runner may start us with SIGINT
-        // ignored, and an ignored signal stays ignored across exec (the shell may not undo
-        // it), so a program without a handler would never stop: restore the default action in
-        // the child before it runs anything.
-        // SAFETY: between fork and exec only async-signal-safe calls are allowed, and
-        // signal(2) is one; nothing else is touched.
-        #[allow(unsafe_code)]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                Ok(())
-            });
-        }
+        // Ctrl-C must act as it does in a terminal, even when a CI runner started us with
+        // SIGINT ignored (the shell may not undo that).
+        chat_load::sys::default_sigint_in_child(&mut command);
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
