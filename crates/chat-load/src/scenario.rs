@@ -132,6 +132,50 @@ fn check_ring(clients: u32, recipients: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Runs `messages` messages from each of `conns` to the `recipients` clients after it in a
+/// ring, at `pace`, until every one is delivered; fills in `summary` with the checks, the
+/// deliveries per second and the server's use of CPU and memory, and judges it.
+async fn run_ring(
+    target: &Target,
+    names: &Names,
+    conns: Vec<Conn>,
+    recipients: u32,
+    messages: u64,
+    pace: Pace,
+    mut summary: Summary,
+) -> Result<Summary, Error> {
+    let plan = Plan::ring(summary.clients, recipients);
+    let before = target.sample();
+    let run = traffic::start(
+        conns,
+        plan.clone(),
+        names,
+        Spec {
+            messages: Some(messages),
+            pace,
+            until: Until::AllDelivered,
+            stall: target.stall,
+            progress: target.progress,
+            record_offsets: false,
+        },
+    );
+    let started = run.started;
+    let (sent, got) = run.finish().await;
+    let end = got.iter().filter_map(|g| g.last).max().unwrap_or(started);
+    let after = target.sample();
+    let inboxes = collect(&mut summary, &sent, &got, false);
+    let tally = check::tally(&plan, names, &inboxes, |s| sent[s as usize].count);
+    summary.set_tally(&tally);
+    let elapsed = end.duration_since(started).as_secs_f64();
+    summary.elapsed_s = round(elapsed);
+    if elapsed > 0.0 {
+        summary.deliveries_per_s = Some(round(summary.deliveries as f64 / elapsed));
+    }
+    server_use(&mut summary, before, after);
+    summary.judge();
+    Ok(summary)
+}
+
 /// Fan-out: `clients` clients each send `messages` messages to the `recipients` clients after
 /// them in a ring, as fast as the server takes them. Measures deliveries per second and the
 /// server's CPU time per delivery.
@@ -148,36 +192,16 @@ pub async fn fan_out(
     summary.clients = clients;
     summary.recipients = Some(recipients);
     summary.messages_per_client = Some(messages);
-    let plan = Plan::ring(clients, recipients);
-    let before = target.sample();
-    let run = traffic::start(
-        conns,
-        plan.clone(),
+    run_ring(
+        target,
         &names,
-        Spec {
-            messages: Some(messages),
-            pace: Pace::Flat,
-            until: Until::AllDelivered,
-            stall: target.stall,
-            progress: target.progress,
-            record_offsets: false,
-        },
-    );
-    let started = run.started;
-    let (sent, got) = run.finish().await;
-    let end = got.iter().filter_map(|g| g.last).max().unwrap_or(started);
-    let after = target.sample();
-    let inboxes = collect(&mut summary, &sent, &got, false);
-    let tally = check::tally(&plan, &names, &inboxes, |s| sent[s as usize].count);
-    summary.set_tally(&tally);
-    let elapsed = end.duration_since(started).as_secs_f64();
-    summary.elapsed_s = round(elapsed);
-    if elapsed > 0.0 {
-        summary.deliveries_per_s = Some(round(summary.deliveries as f64 / elapsed));
-    }
-    server_use(&mut summary, before, after);
-    summary.judge();
-    Ok(summary)
+        conns,
+        recipients,
+        messages,
+        Pace::Flat,
+        summary,
+    )
+    .await
 }
 
 /// Latency: `clients` clients send to `recipients` clients each, paced so that the server
@@ -202,36 +226,8 @@ pub async fn latency(
     summary.recipients = Some(recipients);
     summary.messages_per_client = Some(messages);
     summary.target_deliveries_per_s = Some(rate);
-    let plan = Plan::ring(clients, recipients);
-    let before = target.sample();
-    let run = traffic::start(
-        conns,
-        plan.clone(),
-        &names,
-        Spec {
-            messages: Some(messages),
-            pace: Pace::PerSender(per_sender),
-            until: Until::AllDelivered,
-            stall: target.stall,
-            progress: target.progress,
-            record_offsets: false,
-        },
-    );
-    let started = run.started;
-    let (sent, got) = run.finish().await;
-    let end = got.iter().filter_map(|g| g.last).max().unwrap_or(started);
-    let after = target.sample();
-    let inboxes = collect(&mut summary, &sent, &got, false);
-    let tally = check::tally(&plan, &names, &inboxes, |s| sent[s as usize].count);
-    summary.set_tally(&tally);
-    let elapsed = end.duration_since(started).as_secs_f64();
-    summary.elapsed_s = round(elapsed);
-    if elapsed > 0.0 {
-        summary.deliveries_per_s = Some(round(summary.deliveries as f64 / elapsed));
-    }
-    server_use(&mut summary, before, after);
-    summary.judge();
-    Ok(summary)
+    let pace = Pace::PerSender(per_sender);
+    run_ring(target, &names, conns, recipients, messages, pace, summary).await
 }
 
 /// Connections: `clients` idle clients connect and register; then one message goes around a
