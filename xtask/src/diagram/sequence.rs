@@ -7,10 +7,8 @@
 use std::fmt::Write as _;
 
 use super::parse::{EdgeKind, SeqStep, Sequence};
-use super::svg::{self, Anchor, LABEL_SIZE, LEADING, NODE_SIZE, TITLE_SIZE, n};
+use super::svg::{self, Anchor, LABEL_SIZE, LEADING, LINE_H, NODE_SIZE, PAD, TITLE_SIZE, n};
 
-const PAD: f64 = 24.0;
-const LINE_H: f64 = LABEL_SIZE * LEADING;
 const HEAD_H: f64 = 36.0;
 /// Room for the number badge in front of a label.
 const BADGE: f64 = 24.0;
@@ -242,32 +240,7 @@ pub fn render(q: &Sequence) -> String {
     kinds.sort();
     kinds.dedup();
     y += svg::legend(&mut out, PAD, y, width - 2.0 * PAD, &kinds);
-    if q.steps.iter().any(|s| matches!(s, SeqStep::End(_))) {
-        y += 4.0;
-        svg::text(
-            &mut out,
-            PAD,
-            y + LABEL_SIZE,
-            "×: the task has finished",
-            "caption",
-            Anchor::Start,
-            LABEL_SIZE,
-        );
-        y += LINE_H + 4.0;
-    }
-    if let Some(c) = &q.caption {
-        y += 4.0;
-        svg::text(
-            &mut out,
-            PAD,
-            y + LABEL_SIZE,
-            c,
-            "caption",
-            Anchor::Start,
-            LABEL_SIZE,
-        );
-        y += svg::line_count(c) as f64 * LINE_H + 4.0;
-    }
-    let height = (y + PAD - 6.0).ceil();
-    svg::document(width, height, &q.title, &out)
+    let ends = q.steps.iter().any(|s| matches!(s, SeqStep::End(_)));
+    let note = ends.then_some("×: the task has finished");
+    svg::finish(out, width, y, &q.title, note, q.caption.as_deref())
 }

@@ -21,6 +21,10 @@ pub const NODE_SIZE: f64 = 14.0;
 pub const LABEL_SIZE: f64 = 12.0;
 /// Distance between the baselines of two lines of a label, per px of font size.
 pub const LEADING: f64 = 1.3;
+/// Distance between the baselines of two lines of a label, in px.
+pub const LINE_H: f64 = LABEL_SIZE * LEADING;
+/// The margin around every drawing, in px.
+pub const PAD: f64 = 24.0;
 
 /// Colour, dash pattern and legend text of each kind of arrow.
 pub fn edge_style(kind: EdgeKind) -> (&'static str, Option<&'static str>, &'static str) {
@@ -167,6 +171,33 @@ pub fn text(out: &mut String, x: f64, y: f64, label: &str, class: &str, anchor: 
         }
         out.push_str("</text>\n");
     }
+}
+
+/// Ends a drawing whose content reaches down to `y`: an optional `note` line under the legend
+/// and an optional caption, then the document around it all.
+pub fn finish(
+    mut out: String,
+    width: f64,
+    mut y: f64,
+    title: &str,
+    note: Option<&str>,
+    caption: Option<&str>,
+) -> String {
+    for label in [note, caption].into_iter().flatten() {
+        y += 4.0;
+        text(
+            &mut out,
+            PAD,
+            y + LABEL_SIZE,
+            label,
+            "caption",
+            Anchor::Start,
+            LABEL_SIZE,
+        );
+        y += line_count(label) as f64 * LINE_H + 4.0;
+    }
+    let height = (y + PAD - 6.0).ceil();
+    document(width, height, title, &out)
 }
 
 /// The document around a drawing of `width` × `height`: background card, styles, arrowheads.

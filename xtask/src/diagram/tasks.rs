@@ -8,16 +8,14 @@
 use std::fmt::Write as _;
 
 use super::parse::{EdgeKind, NodeKind, Route, TaskGraph};
-use super::svg::{self, Anchor, LABEL_SIZE, LEADING, NODE_SIZE, TITLE_SIZE, n};
+use super::svg::{self, Anchor, LABEL_SIZE, LEADING, LINE_H, NODE_SIZE, PAD, TITLE_SIZE, n};
 
-const PAD: f64 = 24.0;
 const MIN_GAP: f64 = 64.0;
 const ROW_GAP: f64 = 60.0;
 const TRACK: f64 = 30.0;
 const MIN_NODE_W: f64 = 96.0;
 /// How far the shadow boxes of a `many` node stick out to the upper right.
 const STACK: f64 = 5.0;
-const LINE_H: f64 = LABEL_SIZE * LEADING;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Rect {
@@ -659,32 +657,7 @@ pub fn render(g: &TaskGraph) -> String {
     );
     y += 8.0;
     y += svg::legend(&mut out, PAD, y, width - 2.0 * PAD, &kinds);
-    if g.nodes.iter().any(|n| n.many) {
-        y += 4.0;
-        svg::text(
-            &mut out,
-            PAD,
-            y + LABEL_SIZE,
-            "×N: one task per connected client",
-            "caption",
-            Anchor::Start,
-            LABEL_SIZE,
-        );
-        y += LINE_H + 4.0;
-    }
-    if let Some(c) = &g.caption {
-        y += 4.0;
-        svg::text(
-            &mut out,
-            PAD,
-            y + LABEL_SIZE,
-            c,
-            "caption",
-            Anchor::Start,
-            LABEL_SIZE,
-        );
-        y += svg::line_count(c) as f64 * LINE_H + 4.0;
-    }
-    let height = (y + PAD - 6.0).ceil();
-    svg::document(width, height, &g.title, &out)
+    let many = g.nodes.iter().any(|n| n.many);
+    let note = many.then_some("×N: one task per connected client");
+    svg::finish(out, width, y, &g.title, note, g.caption.as_deref())
 }
