@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use testkit::{Client, QUIET, TIMEOUT};
+use testkit::{Client, OutputLines, QUIET, TIMEOUT};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,8 +23,7 @@ struct ClientProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: mpsc::UnboundedReceiver<String>,
-    stderr: mpsc::UnboundedReceiver<String>,
-    stderr_seen: Vec<String>,
+    stderr: OutputLines,
 }
 
 impl ClientProcess {
@@ -44,8 +43,7 @@ impl ClientProcess {
             stdin: child.stdin.take(),
             child,
             stdout,
-            stderr,
-            stderr_seen: Vec::new(),
+            stderr: OutputLines::new(stderr),
         }
     }
 
@@ -110,33 +108,19 @@ impl ClientProcess {
 
     /// Waits for a stderr line containing `needle` and returns it.
     async fn expect_stderr(&mut self, needle: &str) -> String {
-        if let Some(line) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
-                Ok(Some(line)) => {
-                    self.stderr_seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Ok(None) | Err(_) => panic!(
-                    "expected the client to write a line containing `{needle}` on stderr within \
-                     {TIMEOUT:?}; its stderr:\n{}",
-                    self.stderr_seen.join("\n")
-                ),
-            }
+        match self.stderr.find(needle, TIMEOUT).await {
+            Some(line) => line,
+            None => panic!(
+                "expected the client to write a line containing `{needle}` on stderr within \
+                 {TIMEOUT:?}; its stderr:\n{}",
+                self.stderr.so_far().join("\n")
+            ),
         }
     }
 
     /// Every stderr line so far.
     fn stderr_so_far(&mut self) -> &[String] {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.stderr_seen.push(line);
-        }
-        &self.stderr_seen
+        self.stderr.so_far()
     }
 
     /// Sends SIGINT, as Ctrl-C in the client's terminal does.

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::{TIMEOUT, human};
+use crate::{OutputLines, TIMEOUT, human};
 
 /// How long a graceful shutdown of the real binary may take before the test calls it stuck.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,8 +20,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Binary {
     child: Child,
     addr: SocketAddr,
-    stderr: mpsc::UnboundedReceiver<String>,
-    stderr_seen: Vec<String>,
+    stderr: OutputLines,
 }
 
 impl Binary {
@@ -132,8 +131,7 @@ impl Binary {
         Binary {
             child,
             addr,
-            stderr,
-            stderr_seen: Vec::new(),
+            stderr: OutputLines::new(stderr),
         }
     }
 
@@ -202,34 +200,20 @@ impl Binary {
 
     /// Waits until the server writes a stderr line containing `needle` and returns that line.
     pub async fn expect_stderr(&mut self, needle: &str) -> String {
-        if let Some(line) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
-                Ok(Some(line)) => {
-                    self.stderr_seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Ok(None) | Err(_) => panic!(
-                    "the server never logged a line containing `{needle}` (within {}); \
-                     its stderr:\n{}",
-                    human(TIMEOUT),
-                    self.stderr_seen.join("\n")
-                ),
-            }
+        match self.stderr.find(needle, TIMEOUT).await {
+            Some(line) => line,
+            None => panic!(
+                "the server never logged a line containing `{needle}` (within {}); \
+                 its stderr:\n{}",
+                human(TIMEOUT),
+                self.stderr.so_far().join("\n")
+            ),
         }
     }
 
     /// Every stderr line received so far.
     pub fn stderr_so_far(&mut self) -> &[String] {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.stderr_seen.push(line);
-        }
-        &self.stderr_seen
+        self.stderr.so_far()
     }
 }
 

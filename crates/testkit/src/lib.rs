@@ -7,6 +7,7 @@
 
 mod binary;
 mod client;
+mod output;
 pub mod scenarios;
 mod server;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use binary::Binary;
 pub use client::Client;
+pub use output::OutputLines;
 pub use server::{Server, Shutdown, start};
 
 /// How long a helper waits for something that should happen: a line, an EOF, an exit.
