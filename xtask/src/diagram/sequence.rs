@@ -219,16 +219,7 @@ pub fn render(q: &Sequence) -> String {
     let _ = writeln!(out, r#"<g transform="translate({},0)">"#, n(dx));
     out.push_str(&body);
     out.push_str("</g>\n");
-    let mut y = bottom + 8.0;
-    let _ = writeln!(
-        out,
-        r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#d1d9e0"/>"##,
-        n(PAD),
-        n(y),
-        n(width - PAD),
-        n(y)
-    );
-    y += 8.0;
+    let y = bottom + 8.0;
     let mut kinds: Vec<EdgeKind> = q
         .steps
         .iter()
@@ -239,8 +230,11 @@ pub fn render(q: &Sequence) -> String {
         .collect();
     kinds.sort();
     kinds.dedup();
-    y += svg::legend(&mut out, PAD, y, width - 2.0 * PAD, &kinds);
     let ends = q.steps.iter().any(|s| matches!(s, SeqStep::End(_)));
-    let note = ends.then_some("×: the task has finished");
-    svg::finish(out, width, y, &q.title, note, q.caption.as_deref())
+    let footer = svg::Footer {
+        kinds: &kinds,
+        note: ends.then_some("×: the task has finished"),
+        caption: q.caption.as_deref(),
+    };
+    svg::finish(out, width, y, &q.title, footer)
 }

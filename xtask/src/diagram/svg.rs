@@ -173,17 +173,29 @@ pub fn text(out: &mut String, x: f64, y: f64, label: &str, class: &str, anchor: 
     }
 }
 
-/// Ends a drawing whose content reaches down to `y`: an optional `note` line under the legend
-/// and an optional caption, then the document around it all.
-pub fn finish(
-    mut out: String,
-    width: f64,
-    mut y: f64,
-    title: &str,
-    note: Option<&str>,
-    caption: Option<&str>,
-) -> String {
-    for label in [note, caption].into_iter().flatten() {
+/// What goes under a drawing: the legend of its arrow kinds, an optional note line and an
+/// optional caption.
+#[derive(Debug)]
+pub struct Footer<'a> {
+    pub kinds: &'a [EdgeKind],
+    pub note: Option<&'a str>,
+    pub caption: Option<&'a str>,
+}
+
+/// Ends a drawing whose content reaches down to `y`: a rule, the footer, then the document
+/// around it all.
+pub fn finish(mut out: String, width: f64, mut y: f64, title: &str, footer: Footer) -> String {
+    let _ = writeln!(
+        out,
+        r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#d1d9e0"/>"##,
+        n(PAD),
+        n(y),
+        n(width - PAD),
+        n(y)
+    );
+    y += 8.0;
+    y += legend(&mut out, PAD, y, width - 2.0 * PAD, footer.kinds);
+    for label in [footer.note, footer.caption].into_iter().flatten() {
         y += 4.0;
         text(
             &mut out,

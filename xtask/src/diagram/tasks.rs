@@ -646,18 +646,12 @@ pub fn render(g: &TaskGraph) -> String {
     let _ = writeln!(out, r#"<g transform="translate({},{})">"#, n(dx), n(dy));
     out.push_str(&body);
     out.push_str("</g>\n");
-    let mut y = PAD + title_h + (bounds.max_y - bounds.min_y) + 18.0;
-    let _ = writeln!(
-        out,
-        r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#d1d9e0"/>"##,
-        n(PAD),
-        n(y),
-        n(width - PAD),
-        n(y)
-    );
-    y += 8.0;
-    y += svg::legend(&mut out, PAD, y, width - 2.0 * PAD, &kinds);
+    let y = PAD + title_h + (bounds.max_y - bounds.min_y) + 18.0;
     let many = g.nodes.iter().any(|n| n.many);
-    let note = many.then_some("×N: one task per connected client");
-    svg::finish(out, width, y, &g.title, note, g.caption.as_deref())
+    let footer = svg::Footer {
+        kinds: &kinds,
+        note: many.then_some("×N: one task per connected client"),
+        caption: g.caption.as_deref(),
+    };
+    svg::finish(out, width, y, &g.title, footer)
 }
