@@ -132,24 +132,29 @@ fn check_ring(clients: u32, recipients: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs `messages` messages from each of `conns` to the `recipients` clients after it in a
-/// ring, at `pace`, until every one is delivered; fills in `summary` with the checks, the
-/// deliveries per second and the server's use of CPU and memory, and judges it.
+/// Logs in `clients` clients, then runs `messages` messages from each to the `recipients`
+/// clients after it in a ring, at `pace`, until every one is delivered; fills in `summary` with
+/// the run's shape, the checks, the deliveries per second and the server's use of CPU and
+/// memory, and judges it.
 async fn run_ring(
     target: &Target,
-    names: &Names,
-    conns: Vec<Conn>,
+    mut summary: Summary,
+    clients: u32,
     recipients: u32,
     messages: u64,
     pace: Pace,
-    mut summary: Summary,
 ) -> Result<Summary, Error> {
-    let plan = Plan::ring(summary.clients, recipients);
+    let names = Names::fresh();
+    let conns = login_all(target, &names, clients).await?;
+    summary.clients = clients;
+    summary.recipients = Some(recipients);
+    summary.messages_per_client = Some(messages);
+    let plan = Plan::ring(clients, recipients);
     let before = target.sample();
     let run = traffic::start(
         conns,
         plan.clone(),
-        names,
+        &names,
         Spec {
             messages: Some(messages),
             pace,
@@ -164,7 +169,7 @@ async fn run_ring(
     let end = got.iter().filter_map(|g| g.last).max().unwrap_or(started);
     let after = target.sample();
     let inboxes = collect(&mut summary, &sent, &got, false);
-    let tally = check::tally(&plan, names, &inboxes, |s| sent[s as usize].count);
+    let tally = check::tally(&plan, &names, &inboxes, |s| sent[s as usize].count);
     summary.set_tally(&tally);
     let elapsed = end.duration_since(started).as_secs_f64();
     summary.elapsed_s = round(elapsed);
@@ -186,22 +191,8 @@ pub async fn fan_out(
     recipients: u32,
 ) -> Result<Summary, Error> {
     check_ring(clients, recipients)?;
-    let names = Names::fresh();
-    let conns = login_all(target, &names, clients).await?;
-    let mut summary = Summary::new("fan-out", target.addr);
-    summary.clients = clients;
-    summary.recipients = Some(recipients);
-    summary.messages_per_client = Some(messages);
-    run_ring(
-        target,
-        &names,
-        conns,
-        recipients,
-        messages,
-        Pace::Flat,
-        summary,
-    )
-    .await
+    let summary = Summary::new("fan-out", target.addr);
+    run_ring(target, summary, clients, recipients, messages, Pace::Flat).await
 }
 
 /// Latency: `clients` clients send to `recipients` clients each, paced so that the server
@@ -219,15 +210,10 @@ pub async fn latency(
     }
     let per_sender = rate / f64::from(recipients) / f64::from(clients);
     let messages = (per_sender * duration.as_secs_f64()).round().max(1.0) as u64;
-    let names = Names::fresh();
-    let conns = login_all(target, &names, clients).await?;
     let mut summary = Summary::new("latency", target.addr);
-    summary.clients = clients;
-    summary.recipients = Some(recipients);
-    summary.messages_per_client = Some(messages);
     summary.target_deliveries_per_s = Some(rate);
     let pace = Pace::PerSender(per_sender);
-    run_ring(target, &names, conns, recipients, messages, pace, summary).await
+    run_ring(target, summary, clients, recipients, messages, pace).await
 }
 
 /// Connections: `clients` idle clients connect and register; then one message goes around a
