@@ -92,6 +92,18 @@ impl LineReader {
         self.start < self.end
     }
 
+    /// The next line if a whole one is in the buffer already, without its `\n`: no socket,
+    /// no timer, nothing to wait for. A receiver takes the lines of one read this way, and
+    /// only the last one costs a [`LineReader::next_line`].
+    pub fn buffered_line(&mut self) -> Option<&[u8]> {
+        let pos = self.buf[self.start..self.end]
+            .iter()
+            .position(|&b| b == b'\n')?;
+        let line = self.start;
+        self.start += pos + 1;
+        Some(&self.buf[line..line + pos])
+    }
+
     /// The next line, without its `\n`. Waits at most `limit` for each read from the socket.
     /// Cancel safe: a cancelled call loses nothing, the bytes stay in the buffer.
     pub async fn next_line(&mut self, limit: Duration) -> Result<&[u8], ReadEnd> {

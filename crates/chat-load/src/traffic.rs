@@ -410,7 +410,13 @@ async fn receive(
         if want.is_some_and(|w| inbox.distinct() >= w) {
             break Ok(());
         }
-        let read = tokio::select! {
+        // Lines already in the buffer first: the `select!` below, with its timer and its
+        // waits on the token and the channel, costs more than checking one line, and is paid
+        // only when the buffer runs dry.
+        let read = if let Some(line) = reader.buffered_line() {
+            Ok(line)
+        } else {
+            tokio::select! {
             changed = expected.changed(), if until == Until::AllDelivered && want.is_none() => {
                 if changed.is_err() {
                     break Err("the run ended before the expected counts were known".to_string());
@@ -422,6 +428,7 @@ async fn receive(
                 continue;
             }
             read = reader.next_line(if draining { DRAIN_QUIET.min(stall) } else { stall }) => read,
+            }
         };
         match read {
             Ok(line) => {
