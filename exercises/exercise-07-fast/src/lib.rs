@@ -82,8 +82,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// when a client sends more than that at once.
 const READ_BUFFER: usize = 512;
 
-/// The room a client that sends messages gets in its read buffer: one read takes in a hundred
-/// chat lines instead of seven.
+/// The room a client that sends lines in bulk gets in its read buffer: one read takes in a
+/// hundred chat lines instead of seven.
 const BUSY_READ_BUFFER: usize = 8 * 1024;
 
 impl Config {
@@ -641,11 +641,13 @@ where
             }
             line = lines.next() => match line {
                 Some(Ok(mut received)) => {
-                    // `FramedRead` reads only into the room its buffer has left. A client that
-                    // talks gets room for many lines per read; an idle one keeps the small
-                    // buffer it logged in with.
+                    // `FramedRead` reads only into the room its buffer has left. When one read
+                    // brought more than this line, the client sends faster than one line at a
+                    // time: it gets room for many lines per read. A client that sends a line
+                    // now and then keeps the small buffer it logged in with.
                     let buffer = lines.read_buffer_mut();
-                    if buffer.capacity() - buffer.len() < BUSY_READ_BUFFER / 2 {
+                    if !buffer.is_empty() && buffer.capacity() - buffer.len() < BUSY_READ_BUFFER / 2
+                    {
                         buffer.reserve(BUSY_READ_BUFFER);
                     }
                     match split_message(&received) {
@@ -1435,9 +1437,9 @@ mod tests {
         }
     }
 
-    /// A client that only logs in is read with the small buffer; one that sends messages
-    /// gets room for many lines per read: 1 000 messages sent at once (16 000 bytes) take a
-    /// handful of reads, where 512 bytes of room take 32.
+    /// A client that logs in and sends a line now and then is read with the small buffer; one
+    /// that sends lines in bulk gets room for many per read: 1 000 messages sent at once
+    /// (16 000 bytes) take a handful of reads, where 512 bytes of room take 32.
     #[tokio::test]
     async fn talking_clients_get_a_bigger_read_buffer() {
         let (mut client, served) = tokio::io::duplex(64 * 1024);
@@ -1474,6 +1476,14 @@ mod tests {
             "the login was read with {login_rooms:?} bytes of room"
         );
 
+        // One line alone: it does not make the client a bulk sender.
+        client
+            .write_all(b"bob: hi\n")
+            .await
+            .expect("the pipe is open");
+        let event = tokio::time::timeout(Duration::from_secs(5), received.recv()).await;
+        assert!(matches!(event, Ok(Some(Event::Message { .. }))));
+
         let message = b"bob: 0123456789\n";
         client
             .write_all(&message.repeat(1000))
@@ -1486,12 +1496,20 @@ mod tests {
                 "each line should reach the broker"
             );
         }
-        let message_rooms = rooms.lock().expect("not poisoned")[login_rooms.len()..].to_vec();
+        let rooms = rooms.lock().expect("not poisoned").clone();
+        let (quiet, bulk) = rooms.split_at(login_rooms.len() + 1);
         assert!(
-            message_rooms.len() <= 4,
-            "{} bytes took {} reads, offering {message_rooms:?} bytes of room",
+            quiet
+                .iter()
+                .chain(&bulk[..1])
+                .all(|&room| room <= READ_BUFFER),
+            "a client that sent one line got a bigger buffer: reads offered {rooms:?} bytes"
+        );
+        assert!(
+            bulk.len() <= 4,
+            "{} bytes took {} reads, offering {bulk:?} bytes of room",
             message.len() * 1000,
-            message_rooms.len()
+            bulk.len()
         );
         drop((client, stream));
         let _ = reader.await;
