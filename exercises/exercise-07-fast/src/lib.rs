@@ -78,8 +78,8 @@ pub const MAX_NAME_LEN: usize = 32;
 /// How long the accept loop waits after `accept` failed before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The size a connection's read buffer starts at. Most chat lines fit, and the buffer grows
-/// when a client sends more than that at once.
+/// The size a connection's read buffer starts at. Most chat lines fit; the codec grows the
+/// buffer for a longer line, and a client that sends in bulk gets [`BUSY_READ_BUFFER`].
 const READ_BUFFER: usize = 512;
 
 /// The room a client that sends lines in bulk gets in its read buffer: one read takes in a
@@ -575,8 +575,8 @@ where
     // each line is UTF-8. With a maximum it never buffers more than `max_line_len` bytes of
     // one line: past that, it reports `MaxLineLengthExceeded`.
     // The buffer starts at `READ_BUFFER` bytes instead of `FramedRead::new`'s 8 KiB: an idle
-    // client costs that much, and a busy one makes it grow (to hold a long line, or whatever
-    // one read brings) as it would anyway.
+    // client costs that much. It grows to hold a long line, and a client that sends in bulk
+    // gets more room (`BUSY_READ_BUFFER`, below).
     let mut lines = FramedRead::with_capacity(
         reader,
         LinesCodec::new_with_max_length(config.max_line_len),
@@ -953,8 +953,9 @@ async fn writer_loop(
 /// other task that is ready to run, and does it again for as long as the queue keeps growing
 /// (up to [`BATCH_BYTES`]).
 ///
-/// A writer woken for one line would otherwise write that line at once, while the broker,
-/// on the other core, is routing the next ten to it: ten system calls where one would do. At
+/// A writer woken for one line would otherwise write it with the few lines already behind
+/// it, while the broker, on the other core, is still routing more to it: many small system
+/// calls where one would do. At
 /// a light load nothing else is ready, the queue does not grow, and the line waits one trip
 /// through the scheduler, a few microseconds.
 async fn let_queue_fill(messages: &QueueReceiver) {
@@ -1357,8 +1358,8 @@ mod tests {
     }
 
     /// A writer woken for one line lets its queue fill while the broker is still routing to
-    /// it: twenty lines queued one per scheduler turn, behind the one that woke it, go out in
-    /// one write, not twenty.
+    /// it: twenty lines queued one per scheduler turn, behind the one that woke it, all go
+    /// into the batch that follows, where without the wait it would hold a line or two.
     #[tokio::test]
     async fn a_writer_lets_its_queue_fill() {
         let (queue, mut messages) = peer_queue(1 << 20);
@@ -1380,13 +1381,16 @@ mod tests {
             .expect("the recorder takes everything");
         broker.await.expect("the stand-in does not panic");
         let expected: String = (0..=20).map(|i| format!("from alice: {i}\n")).collect();
-        let written: Vec<_> = out.writes.iter().map(|w| w.len()).collect();
+        let written: String = out
+            .writes
+            .iter()
+            .map(|w| String::from_utf8_lossy(w))
+            .collect();
         assert_eq!(
-            out.writes.len(),
-            1,
-            "21 lines took writes of {written:?} bytes"
+            written, expected,
+            "the batch should hold the line that woke the writer and the 20 queued behind it"
         );
-        assert_eq!(String::from_utf8_lossy(&out.writes[0]), expected);
+        assert_eq!(messages.len(), 0, "lines were left in the queue");
     }
 
     /// The server's end of a pipe that records, for each read that brings bytes, how much
