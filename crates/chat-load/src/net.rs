@@ -96,25 +96,32 @@ impl LineReader {
     /// no timer, nothing to wait for. A receiver takes the lines of one read this way, and
     /// only the last one costs a [`LineReader::next_line`].
     pub fn buffered_line(&mut self) -> Option<&[u8]> {
-        let pos = self.buf[self.start..self.end]
+        let len = self.buffered_line_len()?;
+        Some(self.take_line(len))
+    }
+
+    /// The length of the first whole line in the buffer, without its `\n`.
+    fn buffered_line_len(&self) -> Option<usize> {
+        self.buf[self.start..self.end]
             .iter()
-            .position(|&b| b == b'\n')?;
+            .position(|&b| b == b'\n')
+    }
+
+    /// Takes the first `len` bytes and the `\n` after them out of the buffer.
+    fn take_line(&mut self, len: usize) -> &[u8] {
         let line = self.start;
-        self.start += pos + 1;
-        Some(&self.buf[line..line + pos])
+        self.start += len + 1;
+        &self.buf[line..line + len]
     }
 
     /// The next line, without its `\n`. Waits at most `limit` for each read from the socket.
     /// Cancel safe: a cancelled call loses nothing, the bytes stay in the buffer.
     pub async fn next_line(&mut self, limit: Duration) -> Result<&[u8], ReadEnd> {
         loop {
-            if let Some(pos) = self.buf[self.start..self.end]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
-                let line = self.start;
-                self.start += pos + 1;
-                return Ok(&self.buf[line..line + pos]);
+            // Not `buffered_line`: a borrow returned from inside a loop would outlive the
+            // loop's next turn, which the borrow checker does not allow.
+            if let Some(len) = self.buffered_line_len() {
+                return Ok(self.take_line(len));
             }
             if self.end - self.start > MAX_LINE {
                 return Err(ReadEnd::TooLong);
