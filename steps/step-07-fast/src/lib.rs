@@ -3,8 +3,7 @@
 //! (`TCP_NODELAY`); a reader hands the broker every complete line of one read in one event;
 //! the broker appends each line as bytes straight into its recipients' queues; a writer sends
 //! everything queued for its client in one write; and an idle connection holds small buffers
-//! only. (The binary also listens with a
-//! deeper backlog: see `main.rs`.)
+//! only. (The binary also listens with a deeper backlog: see `main.rs`.)
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -213,6 +212,7 @@ struct Outbox {
     ready: Notify,
 }
 
+/// What an [`Outbox`]'s lock guards.
 #[derive(Debug, Default)]
 struct Pending {
     /// Lines not yet taken by the writer, each ending in `\n`.
@@ -304,6 +304,7 @@ impl Drop for PeerQueue {
 }
 
 impl Drop for QueueReceiver {
+    /// Tells the broker nobody will write what it queues from now on.
     fn drop(&mut self) {
         self.outbox.lock().writer_gone = true;
     }
@@ -1162,11 +1163,9 @@ async fn let_queue_fill(messages: &QueueReceiver) {
 }
 // ANCHOR_END: let_queue_fill
 
-// ANCHOR: write_batch
 /// How many bytes a writer lets its queue gather before it takes them (see
 /// [`let_queue_fill`]): enough for hundreds of chat lines per system call.
 const BATCH_BYTES: usize = 16 * 1024;
-// ANCHOR_END: write_batch
 // ANCHOR_END: writer_loop
 
 // ANCHOR: spawn_and_log_error
