@@ -12,8 +12,8 @@
 // anything you forgot to use.
 #![allow(unused, unreachable_code)]
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,8 +192,8 @@ pub fn queue_cost(from: &str, text: &str) -> usize {
 }
 
 /// The bytes waiting for one peer: the broker appends lines to them, the peer's writer takes
-/// them all at once. Bounded in bytes: a thousand short lines and a few long ones weigh what
-/// they hold.
+/// them a chunk at a time. Bounded in bytes: a thousand short lines and a few long ones weigh
+/// what they hold.
 ///
 /// Shared by two tasks only, the broker and this peer's writer, behind a plain `Mutex`: each
 /// holds it for a copy or a swap, never across an `await`. `ready` wakes the writer when the
@@ -207,11 +207,14 @@ struct Outbox {
 /// What an [`Outbox`]'s lock guards.
 #[derive(Debug, Default)]
 struct Pending {
-    /// Lines not yet taken by the writer, each ending in `\n`.
-    bytes: Vec<u8>,
-    /// How many lines `bytes` holds (for the log of a peer that leaves).
-    lines: usize,
-    /// The size of the batch the writer took and is writing: it counts against the budget
+    /// Lines not yet taken by the writer, each ending in `\n`, oldest first, in chunks of
+    /// about [`BATCH_BYTES`]: the writer takes one chunk per write, so however far behind its
+    /// client is, what it has in flight stays small and the rest of the budget stays free
+    /// for new lines. A line never straddles two chunks.
+    chunks: VecDeque<Vec<u8>>,
+    /// The bytes in `chunks`.
+    queued: usize,
+    /// The size of the chunk the writer took and is writing: it counts against the budget
     /// until written, so a peer never holds more than its budget, queued or in flight.
     in_flight: usize,
     /// The broker dropped its end: nothing more will be queued.
@@ -221,10 +224,28 @@ struct Pending {
 }
 
 impl Outbox {
-    /// The lock, poisoned or not: every change under it is a push, a swap or a flag, so a
+    /// The lock, poisoned or not: every change under it is an append, a pop or a flag, so a
     /// panic elsewhere cannot leave `Pending` half-changed.
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Pending {
+    /// Appends `from NAME: text\n` to the newest chunk, or starts a new chunk if the newest
+    /// has no room left for it (or there is none).
+    fn append(&mut self, from: &str, text: &str) {
+        let cost = queue_cost(from, text);
+        let chunk = match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() + cost <= BATCH_BYTES => chunk,
+            _ => {
+                self.chunks.push_back(Vec::new());
+                // Just pushed, so there is a last chunk.
+                self.chunks.back_mut().expect("a chunk was just pushed")
+            }
+        };
+        append_message(chunk, from, text);
+        self.queued += cost;
     }
 }
 
@@ -257,15 +278,15 @@ impl PeerQueue {
         // Queue the line unless it would take the peer over its budget.
         // Under the outbox's lock: `Closed` if the writer is gone; `Full` if the bytes queued,
         // plus those in flight, plus `queue_cost(from, text)` exceed `self.budget`; otherwise
-        // `append_message` and count the line. After the lock is released, wake the writer
-        // with `notify_one`, but only if the queue was empty before this line.
+        // `Pending::append` the line. After the lock is released, wake the writer with
+        // `notify_one`, but only if nothing was queued before this line.
         todo!("Queue the line unless it would take the peer over its budget.")
     }
 
     /// The bytes this peer holds, queued or being written.
     fn queued(&self) -> usize {
         let pending = self.outbox.lock();
-        pending.bytes.len() + pending.in_flight
+        pending.queued + pending.in_flight
     }
 }
 
@@ -291,29 +312,34 @@ impl QueueReceiver {
         self.outbox.ready.notified().await;
     }
 
-    /// Takes every queued line, and whether the queue is closed (then nothing more will
-    /// come). The bytes taken count against the budget until [`QueueReceiver::written`].
-    fn take(&self) -> (Vec<u8>, bool) {
+    /// Takes the oldest chunk of queued lines, if any, and says whether the queue is closed
+    /// (then, once the chunks run out, nothing more will come). Both are read under one lock:
+    /// a line queued just before the close is never missed. The chunk taken counts against
+    /// the budget until [`QueueReceiver::written`].
+    fn take(&self) -> (Option<Vec<u8>>, bool) {
         let mut pending = self.outbox.lock();
-        pending.lines = 0;
-        let bytes = std::mem::take(&mut pending.bytes);
-        pending.in_flight = bytes.len();
-        (bytes, pending.closed)
+        let chunk = pending.chunks.pop_front();
+        let taken = chunk.as_ref().map_or(0, Vec::len);
+        pending.queued -= taken;
+        pending.in_flight = taken;
+        (chunk, pending.closed)
     }
 
-    /// The batch taken last is written: its bytes no longer count.
+    /// The chunk taken last is written: its bytes no longer count.
     fn written(&self) {
         self.outbox.lock().in_flight = 0;
     }
 
-    /// How many lines are waiting.
+    /// How many lines are waiting (for the log of a peer that leaves: it counts them).
     fn len(&self) -> usize {
-        self.outbox.lock().lines
+        let pending = self.outbox.lock();
+        let lines = |chunk: &Vec<u8>| chunk.iter().filter(|&&byte| byte == b'\n').count();
+        pending.chunks.iter().map(lines).sum()
     }
 
     /// The bytes waiting, as counted by [`queue_cost`].
     fn bytes(&self) -> usize {
-        self.outbox.lock().bytes.len()
+        self.outbox.lock().queued
     }
 }
 
@@ -1011,14 +1037,16 @@ async fn writer_loop(
             // A queued message is always written first.
             () = messages.ready() => {
                 let_queue_fill(messages).await;
-                let (batch, closed) = messages.take();
-                if !batch.is_empty() {
-                    stream.write_all(&batch).await?;
+                // One write per chunk, until the queue is empty.
+                let closed = loop {
+                    let (chunk, closed) = messages.take();
+                    let Some(chunk) = chunk else { break closed };
+                    stream.write_all(&chunk).await?;
                     // A no-op on a TCP socket, which keeps no buffer of its own; needed for
                     // any stream that does.
                     stream.flush().await?;
-                }
-                messages.written();
+                    messages.written();
+                };
                 if closed {
                     break;
                 }
@@ -1054,10 +1082,10 @@ async fn writer_loop(
 /// calls where one would do. At a light load nothing else is ready, the queue does not grow,
 /// and the line waits one trip through the scheduler, a few microseconds.
 async fn let_queue_fill(messages: &QueueReceiver) {
-    let mut queued = messages.len();
-    while messages.bytes() < BATCH_BYTES {
+    let mut queued = messages.bytes();
+    while queued < BATCH_BYTES {
         tokio::task::yield_now().await;
-        let now = messages.len();
+        let now = messages.bytes();
         if now == queued {
             break;
         }
@@ -1066,7 +1094,8 @@ async fn let_queue_fill(messages: &QueueReceiver) {
 }
 
 /// How many bytes a writer lets its queue gather before it takes them (see
-/// [`let_queue_fill`]): enough for hundreds of chat lines per system call.
+/// [`let_queue_fill`]), and the size of the chunks it takes: enough for hundreds of chat
+/// lines per system call, and small beside a peer's budget.
 const BATCH_BYTES: usize = 16 * 1024;
 
 /// Spawns `fut` on `tracker` and logs its error, if any, instead of losing it.
@@ -1304,7 +1333,7 @@ mod tests {
 
     /// A peer's queue counts bytes, not lines: it takes lines while their costs fit its
     /// budget, refuses the one that does not (however few lines are queued), counts the
-    /// batch its writer took until it is written, and a line refused because the writer is
+    /// chunk its writer took until it is written, and a line refused because the writer is
     /// gone leaves the count as it was.
     #[test]
     fn peer_queue_counts_bytes() {
@@ -1318,13 +1347,13 @@ mod tests {
             queue.push("alice", "hi"),
             Err(TrySendError::Full(()))
         ));
-        let (batch, closed) = receiver.take();
-        assert_eq!(batch, b"from alice: hi\n".repeat(3));
+        let (chunk, closed) = receiver.take();
+        assert_eq!(chunk, Some(b"from alice: hi\n".repeat(3)));
         assert!(!closed);
         assert_eq!(
             queue.queued(),
             3 * short,
-            "the batch being written still counts"
+            "the chunk being written still counts"
         );
         assert!(matches!(
             queue.push("alice", "hi"),
@@ -1475,6 +1504,34 @@ mod tests {
             writes.len()
         );
         assert_eq!(String::from_utf8_lossy(&writes[0]), expected);
+    }
+
+    /// A client far behind is written one chunk at a time: every write holds whole lines and
+    /// at most [`BATCH_BYTES`], so the writer never has more than that in flight, and all the
+    /// lines arrive, in order.
+    #[tokio::test]
+    async fn a_backlog_goes_out_a_chunk_at_a_time() {
+        let text = |i: usize| format!("{i:0100}");
+        let lines = 4 * BATCH_BYTES / queue_cost("alice", &text(0));
+        let (queue, messages) = peer_queue(1 << 20);
+        for i in 0..lines {
+            queue.push("alice", &text(i)).expect("the queue has room");
+        }
+        drop(queue);
+        let writes = tokio::time::timeout(Duration::from_secs(5), run_writer(messages))
+            .await
+            .expect("the writer should end once its queue is closed");
+        for write in &writes {
+            assert!(
+                write.len() <= BATCH_BYTES && write.ends_with(b"\n"),
+                "a write of {} bytes (at most {BATCH_BYTES}, whole lines)",
+                write.len()
+            );
+        }
+        let expected: String = (0..lines)
+            .map(|i| format!("from alice: {}\n", text(i)))
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&writes.concat()), expected);
     }
 
     /// A writer woken for one line lets its queue fill while the broker is still routing to
