@@ -367,6 +367,14 @@ async fn send_all(writer: &mut OwnedWriteHalf, job: &mut SendJob) -> (u64, Optio
                 seq = batch_end;
                 total += buf.len() as u64;
                 bytes.store(total, Ordering::Release);
+                // An unpaced sender whose writes never wait would otherwise keep its thread
+                // for as long as tokio's budget lets it (128 writes, about 8 000 messages)
+                // while this tool's receivers wait: the server would see readers fall behind
+                // and, rightly, drop them as too slow. One batch per turn keeps senders and
+                // receivers taking turns.
+                if matches!(pace, Pacing::Flat) {
+                    tokio::task::yield_now().await;
+                }
             }
             Ok(Err(e)) => {
                 return (seq, Some(format!("client {me}: writing failed: {e}")));
@@ -493,5 +501,63 @@ async fn show_progress(started: Instant, delivered: Arc<AtomicU64>, stop: Cancel
             now - before
         );
         before = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An unpaced sender gives other tasks a turn after every batch it writes, rather than
+    /// writing for as long as tokio's budget allows while this tool's receivers wait.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unpaced_sender_takes_turns() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind on loopback");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let client = TcpStream::connect(addr).await.expect("connect on loopback");
+        // Kept open and unread: 20 batches of short lines (about 30 KB) fit in its buffers.
+        let (_server, _) = listener.accept().await.expect("accept on loopback");
+        let (_reader, writer) = client.into_split();
+        let batches = 20;
+        let job = SendJob {
+            me: 0,
+            destinations: b"c1: ".to_vec(),
+            messages: Some(batches * BATCH),
+            pace: Pacing::Flat,
+            stop: CancellationToken::new(),
+            epoch: Instant::now(),
+            stall: Duration::from_secs(5),
+            offsets: None,
+            bytes: Arc::new(AtomicU64::new(0)),
+        };
+        // Stands in for a receiver: counts the turns it gets while the sender runs.
+        let turns = Arc::new(AtomicU64::new(0));
+        let done = CancellationToken::new();
+        let other = tokio::spawn({
+            let (turns, done) = (turns.clone(), done.clone());
+            async move {
+                while !done.is_cancelled() {
+                    turns.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let sent = tokio::time::timeout(Duration::from_secs(5), tokio::spawn(send(writer, job)))
+            .await
+            .expect("the socket buffers take every batch")
+            .expect("the sender does not panic");
+        done.cancel();
+        other.await.expect("the stand-in does not panic");
+        assert_eq!((sent.count, sent.error), (batches * BATCH, None));
+        let turns = turns.load(Ordering::Relaxed);
+        assert!(
+            turns >= batches - 1,
+            "the other task ran {turns} times while the sender wrote {batches} batches"
+        );
     }
 }
