@@ -542,7 +542,7 @@ fn medians(runs: &[Run], rounds: u32) -> String {
         return String::new();
     }
     type Pick = fn(&serde_json::Value) -> Option<f64>;
-    let columns: [(&str, &str, Pick, &str); 5] = [
+    let columns: [(&str, &str, Pick, &str); 6] = [
         ("fan-out deliveries/s", "fan-out", deliveries_per_s, ""),
         (
             "server CPU per delivery",
@@ -551,6 +551,13 @@ fn medians(runs: &[Run], rounds: u32) -> String {
             " ns",
         ),
         ("p99 latency", "latency", p99_ms, " ms"),
+        // The tail is the number a crowded host moves most: say how crowded it was.
+        (
+            "CPU stolen, latency runs",
+            "latency",
+            |s| s["steal_percent"].as_f64(),
+            " %",
+        ),
         (
             "RSS per idle connection",
             "connections",
@@ -794,9 +801,21 @@ not json"#;
             run(1, "fan-out", r#"{"ok":true,"deliveries_per_s":900000.0}"#),
             run(2, "fan-out", r#"{"ok":true,"deliveries_per_s":500000.0}"#),
             run(3, "fan-out", r#"{"ok":true,"deliveries_per_s":700000.0}"#),
-            run(1, "latency", r#"{"ok":true,"latency_us":{"p99":1500.0}}"#),
-            run(2, "latency", r#"{"ok":false,"latency_us":{"p99":90000.0}}"#),
-            run(3, "latency", r#"{"ok":true,"latency_us":{"p99":2500.0}}"#),
+            run(
+                1,
+                "latency",
+                r#"{"ok":true,"latency_us":{"p99":1500.0},"steal_percent":4.0}"#,
+            ),
+            run(
+                2,
+                "latency",
+                r#"{"ok":false,"latency_us":{"p99":90000.0},"steal_percent":50.0}"#,
+            ),
+            run(
+                3,
+                "latency",
+                r#"{"ok":true,"latency_us":{"p99":2500.0},"steal_percent":12.0}"#,
+            ),
         ];
         let md = medians(&runs, 3);
         let row = md
@@ -808,6 +827,7 @@ not json"#;
             "{row}"
         );
         assert!(row.contains("2.00 ms (1.50–2.50) ⚠ 1"), "{row}");
+        assert!(row.contains("| 8.00 % (4.00–12.0) ⚠ 1 |"), "{row}");
         assert!(
             row.contains("| – ⚠ 3 |"),
             "a scenario that never ran: {row}"

@@ -150,6 +150,7 @@ async fn run_ring(
     summary.recipients = Some(recipients);
     summary.messages_per_client = Some(messages);
     let plan = Plan::ring(clients, recipients);
+    let ticks_before = sys::cpu_ticks();
     let before = target.sample();
     let run = traffic::start(
         conns,
@@ -168,6 +169,9 @@ async fn run_ring(
     let (sent, got) = run.finish().await;
     let end = got.iter().filter_map(|g| g.last).max().unwrap_or(started);
     let after = target.sample();
+    if let (Some(b), Some(a)) = (ticks_before, sys::cpu_ticks()) {
+        summary.steal_percent = sys::steal_percent(b, a).map(round);
+    }
     let inboxes = collect(&mut summary, &sent, &got, false);
     let tally = check::tally(&plan, &names, &inboxes, |s| sent[s as usize].count);
     summary.set_tally(&tally);

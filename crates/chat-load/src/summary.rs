@@ -110,6 +110,11 @@ pub struct Summary {
     /// Server peak resident memory (VmHWM) at the end, KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_kib: Option<u64>,
+    /// The share of the machine's CPU time, in per cent, that the hypervisor gave to others
+    /// during the run (`steal` in `/proc/stat`): a high value means the run measured a crowded
+    /// host as much as the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steal_percent: Option<f64>,
     /// Connections scenario: connected and registered clients per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connects_per_s: Option<f64>,

@@ -157,6 +157,31 @@ pub fn raise_open_file_limit() -> (u64, u64) {
     (lim.rlim_cur, lim.rlim_max)
 }
 
+/// The machine's CPU time so far, in clock ticks: `(all, stolen)`, where `stolen` is the time
+/// the hypervisor ran something else while this virtual machine had work (`steal` in the
+/// first line of `/proc/stat`; 0 on bare metal).
+pub fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal: all eight make up the machine's time.
+    Some((fields.iter().sum(), *fields.get(7)?))
+}
+
+/// The share of the machine's CPU time, in per cent, that was stolen between two readings of
+/// [`cpu_ticks`].
+pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let all = after.0.checked_sub(before.0)?;
+    let stolen = after.1.checked_sub(before.1)?;
+    (all > 0).then(|| stolen as f64 * 100.0 / all as f64)
+}
+
 /// The kernel's count of connections dropped because a listen queue was full
 /// (`TcpExt: ListenOverflows` in `/proc/net/netstat`; machine-wide).
 pub fn listen_overflows() -> Option<u64> {
@@ -249,6 +274,23 @@ mod tests {
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib, "{s:?}");
         assert!(!probe.exited());
         assert!(open_file_limit_of(std::process::id()).is_some());
+    }
+
+    /// The machine's CPU time moves forward, the stolen part is a share of it, and the share
+    /// is computed from the differences between two readings.
+    #[test]
+    fn steal_is_a_share_of_cpu_time() {
+        let before = cpu_ticks().expect("/proc/stat has a cpu line");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = cpu_ticks().expect("/proc/stat has a cpu line");
+        assert!(
+            after.0 > before.0 && after.1 >= before.1,
+            "{before:?} {after:?}"
+        );
+        let share = steal_percent(before, after).expect("time went by");
+        assert!((0.0..=100.0).contains(&share), "{share}");
+        assert_eq!(steal_percent((100, 10), (300, 60)), Some(25.0));
+        assert_eq!(steal_percent((100, 10), (100, 10)), None);
     }
 
     /// The TCP table shows a loopback connection of ours, both ends, with the bytes that the

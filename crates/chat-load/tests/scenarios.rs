@@ -90,7 +90,7 @@ async fn fan_out_delivers_everything() {
 }
 
 /// The latency scenario sends the paced number of messages, delivers them all, and reports
-/// ordered percentiles over every delivery.
+/// ordered percentiles over every delivery and the share of CPU time the host stole.
 #[tokio::test]
 async fn latency_reports_percentiles() {
     let server = testkit::start(step_03::run).await;
@@ -118,6 +118,11 @@ async fn latency_reports_percentiles() {
     assert!(0.0 < l.p50 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
     // Paced, so the run takes about the asked duration rather than a burst's few milliseconds.
     assert!(s.elapsed_s > 0.8, "{s:?}");
+    // How crowded the host was: a share, measured over the run (Linux has /proc/stat).
+    assert!(
+        s.steal_percent.is_some_and(|p| (0.0..=100.0).contains(&p)),
+        "{s:?}"
+    );
     server.shutdown().await;
 }
 
