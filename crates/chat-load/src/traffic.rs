@@ -507,21 +507,14 @@ async fn show_progress(started: Instant, delivered: Arc<AtomicU64>, stop: Cancel
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::{TcpListener, TcpStream};
 
     /// An unpaced sender gives other tasks a turn after every batch it writes, rather than
     /// writing for as long as tokio's budget allows while this tool's receivers wait.
     #[tokio::test(flavor = "current_thread")]
     async fn an_unpaced_sender_takes_turns() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind on loopback");
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let client = TcpStream::connect(addr).await.expect("connect on loopback");
-        // Kept open and unread: 20 batches of short lines (about 30 KB) fit in its buffers.
-        let (_server, _) = listener.accept().await.expect("accept on loopback");
+        // The server end is kept open and unread: 20 batches of short lines (about 30 KB) fit
+        // in the buffers.
+        let (client, _server) = testkit::connected_pair().await;
         let (_reader, writer) = client.into_split();
         let batches = 20;
         let job = SendJob {

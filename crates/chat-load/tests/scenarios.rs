@@ -159,9 +159,9 @@ async fn connections_round_trip() {
 #[tokio::test]
 async fn unreachable_server_is_reported() {
     // A port that was just free: bind, read the port, close.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
-    let addr = listener.local_addr().expect("local address").to_string();
+    let (listener, addr) = testkit::loopback_listener().await;
     drop(listener);
+    let addr = addr.to_string();
     let output = tool(&["fan-out", "--addr", &addr]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
@@ -200,8 +200,7 @@ enum Fault {
 /// Starts a proxy in front of `server` that breaks the server-to-client stream of the first
 /// client with `fault`, and returns its address.
 async fn faulty_proxy(server: SocketAddr, fault: Fault) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
-    let addr = listener.local_addr().expect("local address");
+    let (listener, addr) = testkit::loopback_listener().await;
     tokio::spawn(async move {
         let mut first = true;
         while let Ok((client, _)) = listener.accept().await {

@@ -184,23 +184,12 @@ fn collect_lines(
 
 /// An address on which nothing listens: a port the OS just handed out and took back.
 async fn unused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("reading the address of a bound listener")
+    testkit::loopback_listener().await.1
 }
 
 /// A listener for a test that plays the server itself, line by line.
 async fn scripted_server() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port for the scripted server");
-    let addr = listener
-        .local_addr()
-        .expect("reading the address of a bound listener");
-    (listener, addr)
+    testkit::loopback_listener().await
 }
 
 /// Accepts the client's connection on a scripted server and checks its login line.

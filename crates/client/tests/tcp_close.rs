@@ -5,20 +5,7 @@ use std::time::Duration;
 
 use testkit::TIMEOUT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Two ends of one loopback connection: (client, server).
-async fn connected_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding 127.0.0.1:0");
-    let addr = listener.local_addr().expect("address of a bound listener");
-    let client = TcpStream::connect(addr)
-        .await
-        .expect("connecting on loopback");
-    let (server, _) = listener.accept().await.expect("accepting on loopback");
-    (client, server)
-}
+use tokio::net::TcpStream;
 
 /// Reads what is left on `server` until end of file or an error; returns what came and how it ended.
 async fn read_to_end(server: &mut TcpStream) -> (String, std::io::Result<usize>) {
@@ -39,7 +26,7 @@ async fn read_to_end(server: &mut TcpStream) -> (String, std::io::Result<usize>)
 /// Closing with unread data sends a reset: the peer's read fails instead of ending cleanly.
 #[tokio::test]
 async fn close_with_unread_data_resets() {
-    let (mut client, mut server) = connected_pair().await;
+    let (mut client, mut server) = testkit::connected_pair().await;
     server
         .write_all(b"from bob: never read\n")
         .await
@@ -59,7 +46,7 @@ async fn close_with_unread_data_resets() {
 /// Closing after reading everything is orderly: the peer reads all we sent, then end of file.
 #[tokio::test]
 async fn close_after_reading_everything_is_orderly() {
-    let (mut client, mut server) = connected_pair().await;
+    let (mut client, mut server) = testkit::connected_pair().await;
     client
         .write_all(b"bob: bye\n")
         .await

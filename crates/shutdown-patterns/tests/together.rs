@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shutdown_patterns::{TICK, together};
 use testkit::Client;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{self, Instant, timeout};
 
@@ -40,10 +40,7 @@ async fn new_style_tells_and_waits_for_every_worker() {
 /// the grace period, and refuses new clients.
 #[tokio::test]
 async fn echo_server_shuts_down_gracefully() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("bound socket has an address");
+    let (listener, addr) = testkit::loopback_listener().await;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stop = async {
         // Sent or dropped: either way, stop.

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use binary::Binary;
 pub use client::Client;
 pub use output::OutputLines;
-pub use server::{Server, Shutdown, start};
+pub use server::{Server, Shutdown, connected_pair, loopback_listener, start};
 
 /// How long a helper waits for something that should happen: a line, an EOF, an exit.
 /// Generous, because CI machines are slow and noisy; a test only waits this long when it fails.

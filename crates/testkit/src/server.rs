@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -39,6 +39,29 @@ pub struct Server {
     task: JoinHandle<Result<(), String>>,
 }
 
+/// A listener on a free loopback port, and its address: for a server under test, or for a
+/// test that plays the server itself.
+pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
+    // Binding port 0 on loopback only fails if the machine has no loopback interface at all.
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding 127.0.0.1:0");
+    let addr = listener
+        .local_addr()
+        .expect("reading the address of a bound listener");
+    (listener, addr)
+}
+
+/// Both ends of one loopback TCP connection: `(client, server)`.
+pub async fn connected_pair() -> (TcpStream, TcpStream) {
+    let (listener, addr) = loopback_listener().await;
+    let client = TcpStream::connect(addr)
+        .await
+        .expect("connecting on loopback");
+    let (server, _) = listener.accept().await.expect("accepting on loopback");
+    (client, server)
+}
+
 /// Binds `127.0.0.1:0` and spawns `run(listener, shutdown)`, the entry point every step's
 /// library exports.
 pub async fn start<F, Fut, E>(run: F) -> Server
@@ -47,13 +70,7 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display,
 {
-    // Binding port 0 on loopback only fails if the machine has no loopback interface at all.
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding 127.0.0.1:0 for the server under test");
-    let addr = listener
-        .local_addr()
-        .expect("reading the address of a bound listener");
+    let (listener, addr) = loopback_listener().await;
     let (trigger, rx) = oneshot::channel();
     let served = run(listener, Shutdown(rx));
     let task = tokio::spawn(async move { served.await.map_err(|e| e.to_string()) });
