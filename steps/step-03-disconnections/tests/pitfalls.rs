@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use testkit::{Client, TIMEOUT, scenarios};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
@@ -86,12 +86,7 @@ where
     R: FnOnce(TcpStream, Seen, Stop) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding 127.0.0.1:0");
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
+    let (listener, addr) = testkit::loopback_listener().await;
     let mut client = Client::connect(addr, "client").await;
     let (stream, _) = tokio::time::timeout(TIMEOUT, listener.accept())
         .await
