@@ -240,6 +240,59 @@ impl Client {
         }
     }
 
+    /// Reads until the server closes the connection, while writing `line` over and over, as
+    /// fast as the server takes it, the whole time: a client that keeps typing through the end
+    /// of its connection. Returns every line read. Fails the test if the connection ends with
+    /// a reset instead of an end-of-file: a server that closes its socket with unread input
+    /// makes the kernel send RST, which throws away what the server wrote and this client had
+    /// not yet received.
+    pub async fn lines_until_eof_while_typing(&mut self, line: &str, limit: Duration) -> Vec<String> {
+        // Fifty lines per write, written in a cycle from `at`: `write` is cancel safe (it
+        // either wrote some bytes or none), so the bytes on the wire stay whole lines.
+        let typed = format!("{line}\n").repeat(50).into_bytes();
+        let mut at = 0;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut lines = Vec::new();
+        loop {
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.lines.next()) => read,
+                written = self.writer.write(&typed[at..]) => {
+                    match written {
+                        Ok(n) => at = (at + n) % typed.len(),
+                        // A server that closes in order reads until we close: our writes
+                        // keep succeeding until we have read its end-of-file. (The kernel
+                        // reports a reset once, to whichever call comes first: here, or in
+                        // the read below.)
+                        Err(e) => panic!("{}", self.reset_message(lines.len(), &e)),
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Ok(Some(Ok(line))) => lines.push(line),
+                Ok(None) => return lines,
+                Ok(Some(Err(e))) => panic!("{}", self.reset_message(lines.len(), &e)),
+                Err(_) => panic!(
+                    "{}: expected the server to close the connection within {}, but it stayed \
+                     open (received {} lines)",
+                    self.name,
+                    human(limit),
+                    lines.len()
+                ),
+            }
+        }
+    }
+
+    fn reset_message(&self, received: usize, error: &dyn std::fmt::Display) -> String {
+        format!(
+            "{}: expected the server to close the connection in order (end-of-file), but after \
+             {received} lines the connection failed: {error}. A reset means the server closed its \
+             socket with input still unread, and what it had written that had not arrived yet \
+             was lost",
+            self.name
+        )
+    }
+
     /// Checks that the server closes the connection without sending anything more.
     pub async fn expect_eof(&mut self) {
         let lines = self.lines_until_eof().await;

@@ -202,28 +202,66 @@ pub async fn shutdown_delivers_accepted_burst(
     trigger: impl FnOnce(),
     burst: usize,
 ) {
+    let (mut alice, mut bob, expected) = burst_queued_for_bob(addr, burst).await;
+    trigger();
+    let lines = bob.lines_until_eof_within(Duration::from_secs(30)).await;
+    assert_burst(&lines, &expected);
+    alice.expect_eof().await;
+}
+
+/// A client that keeps sending through the shutdown still receives every message the server
+/// accepted for it, complete and in order, and then an end-of-file, not a reset. The server
+/// stops reading it at the signal, so its later lines pile up unread; closing a socket with
+/// unread input makes the kernel answer with RST and drop what was not yet delivered, so the
+/// server must close in order: FIN after the last line, then read and discard until the
+/// client closes.
+pub async fn shutdown_delivers_to_a_client_that_keeps_typing(
+    addr: SocketAddr,
+    trigger: impl FnOnce(),
+    burst: usize,
+) {
+    const TYPED: &str = "nobody: still typing";
+    let (mut alice, mut bob, expected) = burst_queued_for_bob(addr, burst).await;
+    // Bob is typing already when the signal lands, and goes on until the server closes.
+    bob.send_bytes(format!("{TYPED}\n").repeat(500).as_bytes())
+        .await;
+    trigger();
+    let lines = bob
+        .lines_until_eof_while_typing(TYPED, Duration::from_secs(30))
+        .await;
+    assert_burst(&lines, &expected);
+    alice.lines_until_eof().await;
+}
+
+/// Logs in alice and bob (with a small receive buffer, not reading) and has alice send bob
+/// `burst` messages of about 1 kB; returns once the server has read them all, with the lines
+/// bob should receive.
+async fn burst_queued_for_bob(addr: SocketAddr, burst: usize) -> (Client, Client, Vec<String>) {
     let padding = "x".repeat(1000);
     let mut alice = Client::login(addr, "alice").await;
-    let mut bob = Client::login_with_small_buffer(addr, "bob").await;
+    let bob = Client::login_with_small_buffer(addr, "bob").await;
     for i in 0..burst {
         alice.send(&format!("bob: {i} {padding}")).await;
     }
     // Alice's lines are read in order, so once this comes back the whole burst has been read.
     alice.send("alice: burst sent").await;
     alice.expect("from alice: burst sent").await;
-    trigger();
-    let lines = bob.lines_until_eof_within(Duration::from_secs(30)).await;
-    let expected: Vec<String> = (0..burst)
+    let expected = (0..burst)
         .map(|i| format!("from alice: {i} {padding}"))
         .collect();
+    (alice, bob, expected)
+}
+
+/// Checks that bob received exactly the burst alice sent him before the shutdown.
+fn assert_burst(lines: &[String], expected: &[String]) {
     assert!(
         lines == expected,
-        "bob: after shutdown expected all {burst} messages alice sent before it, in order; got \
-         {} lines (first difference at line {:?})",
+        "bob: after shutdown expected all {} messages alice sent before it, in order; got {} \
+         lines (first difference at line {:?})",
+        expected.len(),
         lines.len(),
-        lines.iter().zip(&expected).position(|(a, b)| a != b)
+        lines.iter().zip(expected).position(|(a, b)| a != b)
     );
-    alice.expect_eof().await;
 }
 
 /// With clients still writing when shutdown starts, each recipient receives from each sender

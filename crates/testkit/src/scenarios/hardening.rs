@@ -49,6 +49,44 @@ pub async fn refuses_long_message_line(addr: SocketAddr, max_line_len: usize) {
     alice.expect("from bob: welcome back").await;
 }
 
+/// A client that sends a bad line receives every line read before it, its own copies
+/// included, then the `error:` line, then an end-of-file and not a reset, although it goes on
+/// sending after the bad line; the other recipient gets every accepted line and nothing after.
+/// The lines before the bad one were accepted: they travel through the broker, so the error
+/// must wait for them, and the unread input after it must not turn the close into a reset.
+pub async fn refusal_comes_after_accepted_lines(addr: SocketAddr, max_line_len: usize) {
+    const ACCEPTED: usize = 300;
+    let mut alice = Client::login(addr, "alice").await;
+    let mut bob = Client::login(addr, "bob").await;
+    // One write: the server reads the good lines and the bad one together.
+    let mut bytes = String::new();
+    for i in 0..ACCEPTED {
+        bytes.push_str(&format!("alice, bob: {i}\n"));
+    }
+    bytes.push_str(&"x".repeat(max_line_len + 1));
+    bytes.push('\n');
+    alice.send_bytes(bytes.as_bytes()).await;
+    let lines = alice
+        .lines_until_eof_while_typing("bob: after the bad line", Duration::from_secs(30))
+        .await;
+    let mut expected: Vec<String> = (0..ACCEPTED).map(|i| format!("from alice: {i}")).collect();
+    expected.push("error: line too long".to_string());
+    assert!(
+        lines == expected,
+        "alice: expected her {ACCEPTED} accepted lines, then `error: line too long`, then the \
+         end; got {} lines (first difference at line {:?}; last line {:?})",
+        lines.len(),
+        lines.iter().zip(&expected).position(|(a, b)| a != b),
+        lines.last()
+    );
+    for i in 0..ACCEPTED {
+        bob.expect(&format!("from alice: {i}")).await;
+    }
+    // Nothing alice typed after her bad line reached bob: the next line is bob's own.
+    bob.send("bob: done").await;
+    bob.expect("from bob: done").await;
+}
+
 /// A line that is not UTF-8, at login or later, gets `error: invalid UTF-8` and the
 /// connection is closed; other clients keep chatting.
 pub async fn refuses_invalid_utf8(addr: SocketAddr) {
