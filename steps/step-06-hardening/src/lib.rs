@@ -543,15 +543,6 @@ where
                 Some(Err(e)) => match refusal(&e) {
                     Some(error) => {
                         eprintln!("{name}: {error}; closing the connection");
-                        // The lines read before this one are on their way through the broker,
-                        // to every recipient and perhaps to this client too. `Leave` follows
-                        // them on the same channel: when the broker gets to it, it has routed
-                        // them all, and it closes our queue, so the writer writes them before
-                        // the error line.
-                        broker
-                            .send(Event::Leave { name: name.clone(), id })
-                            .await
-                            .map_err(|_| BROKER_GONE)?;
                         break Some(error);
                     }
                     None => return Err(e.into()),
@@ -569,12 +560,23 @@ where
     // now on stays unread: the writer takes our half of the socket, to read and discard it
     // when it closes the connection. (The send fails only if the writer has ended already:
     // then the half is dropped here.)
+    let leaving = farewell.is_some();
     let input = Box::new(lines.into_inner());
     let _ = hand_over.send(Handover {
         input,
         farewell,
         linger,
     });
+    // The lines read before the bad one are on their way through the broker, to every
+    // recipient and perhaps to this client too. `Leave` follows them on the same channel: when
+    // the broker gets to it, it has routed them all, and it closes our queue, so the writer
+    // writes them before the error line. (At shutdown the broker closes every queue anyway.)
+    if leaving {
+        broker
+            .send(Event::Leave { name, id })
+            .await
+            .map_err(|_| BROKER_GONE)?;
+    }
     // ANCHOR_END: hand_over
     Ok(())
 }
@@ -912,9 +914,9 @@ async fn writer_loop(
     }
     // ANCHOR_END: writer_drain
     // ANCHOR: farewell
-    // The broker closes our channel only after the reader has stopped (it is the last of
-    // the reader's events, or the end of the server), so if we left the loop that way before
-    // looking at `reader_gone`, its answer is already there.
+    // The broker closes our channel only after the reader has stopped: on its `Leave`, which
+    // it sends after handing over, or at the end of the server, after every reader. So if we
+    // left the loop that way before looking at `reader_gone`, its answer is already there.
     let Some(Handover {
         input,
         farewell,
