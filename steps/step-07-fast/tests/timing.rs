@@ -206,7 +206,11 @@ async fn a_client_that_never_closes_costs_at_most_the_linger() {
         .await
         .expect("the shutdown task does not panic")
         .expect("a clean shutdown: the linger is not the grace period");
-    assert_eq!(start.elapsed(), linger, "the server waited exactly the linger");
+    assert_eq!(
+        start.elapsed(),
+        linger,
+        "the server waited exactly the linger"
+    );
     drop(alice);
 }
 
