@@ -71,6 +71,9 @@ pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>, grace:
 // ANCHOR_END: serve
 
 // ANCHOR: accept_loop
+/// How long the accept loop waits after `accept` failed before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Accepts clients until `token` is cancelled; each one gets a task in `tracker`.
 async fn accept_loop(listener: TcpListener, token: CancellationToken, tracker: TaskTracker) {
     // `accept` is cancel safe, so dropping it on cancellation loses no client.
@@ -79,8 +82,15 @@ async fn accept_loop(listener: TcpListener, token: CancellationToken, tracker: T
             Ok((stream, _peer)) => {
                 tracker.spawn(echo(stream, token.clone()));
             }
-            // A failed accept concerns one client, not the server: log it and go on.
-            Err(e) => eprintln!("accept failed: {e}"),
+            // A failed accept concerns one client, or passes: log it and go on, after a
+            // pause. Out of file descriptors (EMFILE) the connection stays in the backlog,
+            // and trying again at once would fail again at once, a busy loop.
+            Err(e) => {
+                eprintln!("accept failed: {e}; trying again in {ACCEPT_BACKOFF:?}");
+                token
+                    .run_until_cancelled(tokio::time::sleep(ACCEPT_BACKOFF))
+                    .await;
+            }
         }
     }
     // Returning drops `listener`: from here on, new clients are refused.

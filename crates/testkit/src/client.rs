@@ -246,7 +246,11 @@ impl Client {
     /// a reset instead of an end-of-file: a server that closes its socket with unread input
     /// makes the kernel send RST, which throws away what the server wrote and this client had
     /// not yet received.
-    pub async fn lines_until_eof_while_typing(&mut self, line: &str, limit: Duration) -> Vec<String> {
+    pub async fn lines_until_eof_while_typing(
+        &mut self,
+        line: &str,
+        limit: Duration,
+    ) -> Vec<String> {
         // Fifty lines per write, written in a cycle from `at`: `write` is cancel safe (it
         // either wrote some bytes or none), so the bytes on the wire stay whole lines.
         let typed = format!("{line}\n").repeat(50).into_bytes();

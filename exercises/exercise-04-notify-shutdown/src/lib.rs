@@ -15,9 +15,11 @@ use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -99,12 +101,11 @@ async fn accept_loop(listener: TcpListener, broker_sender: &Sender<Event>, shutd
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                // Make this connection's two `Notified` futures now, then spawn its reader.
+                // Make this connection's `Notified` future now, then spawn its reader.
                 // `notify_waiters` only reaches `Notified` futures that exist when it is
-                // called. A spawned task may first run after that, so the futures are made
+                // called. A spawned task may first run after that, so the future is made
                 // here, before spawning: from now on this connection cannot miss the signal.
-                // One for the reader, one for the writer it will get.
-                todo!("Make this connection's two `Notified` futures now, then spawn its reader.")
+                todo!("Make this connection's `Notified` future now, then spawn its reader.")
             }
             Err(e) => eprintln!("accept failed: {e}"),
         }
@@ -113,12 +114,12 @@ async fn accept_loop(listener: TcpListener, broker_sender: &Sender<Event>, shutd
 
 /// Reads one client: its login line, then message lines until it disconnects or shutdown
 /// begins, and turns them into events for the broker. The writing half of the socket goes to
-/// the broker, which hands it to the peer's writer task along with `writer_shutdown`.
+/// the broker, which hands it to the peer's writer task; at shutdown the reading half follows
+/// it there, so that the writer can close the connection in order.
 async fn connection_loop(
     broker: Sender<Event>,
     stream: TcpStream,
     shutdown: OwnedNotified,
-    writer_shutdown: OwnedNotified,
 ) -> Result<()> {
     // Owned halves can move into different tasks: this one reads, the writer task writes.
     let (reader, writer) = stream.into_split();
@@ -134,25 +135,28 @@ async fn connection_loop(
     let name = tokio::select! {
         // `biased`: look at the shutdown first, on every turn.
         biased;
-        () = &mut shutdown => return Ok(()),
+        // Nobody is writing to this client yet: we close it in order ourselves.
+        () = &mut shutdown => {
+            close_in_order(writer, Some(lines.into_inner())).await;
+            return Ok(());
+        }
         line = lines.next() => match line {
             None => return Err("peer disconnected before sending a name".into()),
             Some(line) => parse_login(&line?).ok_or("peer sent an empty name")?,
         },
     };
     eprintln!("{name} logged in");
-    // Nothing is ever sent on this channel (nothing can be: `Void` has no values). Its sender
-    // is dropped when this function ends, however it ends: by returning, by `?` on a read
-    // error, or by a panic. That drop is the writer's signal to stop, and RAII makes sure it
-    // fires exactly once.
-    let (_shutdown_sender, reader_gone) = oneshot::channel::<Void>();
+    // The reader's last word to its writer. If this function ends without a word (by
+    // returning, by `?` on a read error, or by a panic), the sender is dropped: that drop says
+    // "the client left: stop", and RAII makes sure it comes exactly once. At shutdown the
+    // reader sends one thing instead: its half of the socket.
+    let (hand_over, reader_gone) = oneshot::channel::<OwnedReadHalf>();
     // Sending fails only if the broker is gone, which cannot happen while we hold a sender
     // unless it panicked; then the error ends this connection and is logged.
     broker.send(Event::NewPeer {
         name: name.clone(),
         stream: writer,
         reader_gone,
-        shutdown: writer_shutdown,
     })?;
 
     // Forward message lines to the broker until the client leaves or shutdown begins.
@@ -160,21 +164,16 @@ async fn connection_loop(
     todo!("Forward message lines to the broker until the client leaves or shutdown begins.")
 }
 
-/// A type with no values: a `oneshot::Sender<Void>` can only ever be dropped, never used.
-#[derive(Debug)]
-enum Void {}
-
 /// What readers tell the broker. Every event flows one way: reader -> broker.
 #[derive(Debug)]
 enum Event {
-    /// A client logged in as `name`; `stream` is the half of its socket to write to,
-    /// `reader_gone` completes (with an error: nothing is ever sent) when its reader ends, and
-    /// `shutdown` when the server's shutdown begins.
+    /// A client logged in as `name`; `stream` is the half of its socket to write to, and
+    /// `reader_gone` completes when its reader ends: with the reading half if it stopped for
+    /// the shutdown, with an error if the client left.
     NewPeer {
         name: String,
         stream: OwnedWriteHalf,
-        reader_gone: oneshot::Receiver<Void>,
-        shutdown: OwnedNotified,
+        reader_gone: oneshot::Receiver<OwnedReadHalf>,
     },
     /// `from` sent `text` to the peers named in `dest`.
     Message {
@@ -233,7 +232,6 @@ async fn broker_loop(mut events: Receiver<Event>) {
                 name,
                 stream,
                 reader_gone,
-                shutdown,
             } => match peers.entry(name) {
                 // The name is in use. Dropping `stream` closes the newcomer's receiving side,
                 // so it sees the connection end without being registered. Limitation: its
@@ -246,8 +244,7 @@ async fn broker_loop(mut events: Receiver<Event>) {
                     entry.insert(sender);
                     let disconnect_sender = disconnect_sender.clone();
                     spawn_and_log_error(async move {
-                        let result =
-                            writer_loop(&mut receiver, stream, reader_gone, shutdown).await;
+                        let result = writer_loop(&mut receiver, stream, reader_gone).await;
                         // Hand the receiver back however the writer ended: only now does the
                         // broker remove the peer. The broker holds `disconnect_receiver` until
                         // every writer is done, so this send cannot fail.
@@ -284,26 +281,52 @@ fn remove_peer(
     }
 }
 
-/// Writes every message the broker routes to one peer, in order, to its socket.
+/// Writes every message the broker routes to one peer, in order, to its socket, then closes
+/// the connection.
 ///
-/// It ends when its reader ends (the client left: `reader_gone` completes), when its channel
-/// closes (the broker dropped the sender) or when a write fails. Once shutdown has begun it
-/// ends only when its channel closes, after writing everything queued. It borrows `messages`,
-/// so the caller can hand the receiver back to the broker afterwards.
+/// It ends when its reader ends because the client left (`reader_gone` fails), when its
+/// channel closes (the broker dropped the sender) or when a write fails. Once the reader has
+/// stopped for the shutdown and handed over its half, it ends only when its channel closes,
+/// after writing everything queued. It borrows `messages`, so the caller can hand the receiver
+/// back to the broker afterwards.
 async fn writer_loop(
     messages: &mut Receiver<String>,
     stream: OwnedWriteHalf,
-    mut reader_gone: oneshot::Receiver<Void>,
-    shutdown: OwnedNotified,
+    mut reader_gone: oneshot::Receiver<OwnedReadHalf>,
 ) -> Result<()> {
     // The encoder appends the `\n` to each line.
     let mut lines = FramedWrite::new(stream, LinesCodec::new());
-    let mut shutdown = pin!(shutdown);
     // Write messages until the channel closes; stop early only if the client left first.
-    // Once shutdown has begun, our reader stops on its own, while the broker may still route
-    // us messages it read before the signal. So from then on "the reader is gone" no longer
-    // means "the client left": we ignore it and write until the broker closes our channel.
+    // Once shutdown has begun, our reader stops and hands us its half of the socket, while the
+    // broker may still route us messages it read before the signal. So from then on we write
+    // until the broker closes our channel.
     todo!("Write messages until the channel closes; stop early only if the client left first.")
+}
+
+/// How long we go on reading a client after our FIN, waiting for it to close its side, before
+/// we close the socket anyway.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a connection without losing what we wrote to it: a lingering close.
+///
+/// Closing a socket while some of the client's bytes are still unread makes the kernel answer
+/// with RST instead of FIN, and a reset throws away whatever we wrote that the client had not
+/// received yet. So we first shut down our writing direction (FIN: the client reads everything
+/// we sent, then the end), then read and discard what the client still sends until it closes
+/// its side, and only then let the socket go. `LINGER`, counted from the FIN, bounds the wait
+/// for a client that never closes. `input` is `None` when the reader ended because the client
+/// left: then nothing more will come.
+async fn close_in_order(mut output: OwnedWriteHalf, input: Option<OwnedReadHalf>) {
+    // Fails only if the connection is broken already: then there is nothing left to save.
+    if output.shutdown().await.is_err() {
+        return;
+    }
+    if let Some(mut input) = input {
+        let mut sink = tokio::io::sink();
+        // Ends at the client's EOF, at a read error, or after `LINGER`: all three mean done.
+        let discard = tokio::io::copy(&mut input, &mut sink);
+        let _ = tokio::time::timeout(LINGER, discard).await;
+    }
 }
 
 /// Spawns `fut` and logs its error, if any, instead of losing it.

@@ -108,6 +108,20 @@ async fn shutdown_delivers_accepted_burst() {
     server.finished().await;
 }
 
+/// A recipient that keeps sending through the shutdown still gets the 2 000 messages read
+/// for it before, complete and in order, then an end-of-file, not a reset.
+#[tokio::test]
+async fn shutdown_delivers_to_a_client_that_keeps_typing() {
+    let mut server = testkit::start(exercise_04::run).await;
+    scenarios::shutdown_delivers_to_a_client_that_keeps_typing(
+        server.addr(),
+        || server.trigger_shutdown(),
+        2_000,
+    )
+    .await;
+    server.finished().await;
+}
+
 /// With clients still writing when shutdown begins, readers stop reading, each recipient gets
 /// a gap-free, in-order prefix from each sender, and every socket closes.
 #[tokio::test]

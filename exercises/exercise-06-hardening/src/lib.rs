@@ -39,7 +39,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// The longest line a client may send, in bytes, not counting the `\n`. A longer line gets
-    /// `error: line too long` and the connection is closed.
+    /// `error: line too long` and the connection is closed. The limit counts the bytes before
+    /// the `\n` as they arrive, so the `\r` of a CRLF ending counts too: on purpose, the rule is
+    /// about what the server must buffer, and a CRLF client simply has one byte less of text.
     pub max_line_len: usize,
     /// How long a new client has to send its name before it is closed.
     pub login_timeout: Duration,
@@ -54,6 +56,9 @@ pub struct Config {
     /// How long a graceful shutdown may take. After it, the remaining connections are closed
     /// and [`run`] returns [`GracePeriodExpired`].
     pub grace_period: Duration,
+    /// How long a connection we close in order (at shutdown, or after an `error:` line) waits,
+    /// after our FIN, for the client to close its side before the socket is closed anyway.
+    pub linger: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +70,7 @@ impl Default for Config {
             broker_queue_len: 1024,
             max_connections: 10_000,
             grace_period: Duration::from_secs(10),
+            linger: Duration::from_secs(2),
         }
     }
 }
@@ -113,7 +119,8 @@ const SERVER_FULL: &str = "error: server full";
 fn refusal(error: &LinesCodecError) -> Option<&'static str> {
     match error {
         // `LinesCodec` discards the rest of the line rather than buffering it, so the memory
-        // an attacker can make us hold is `max_line_len`, not the length of their line.
+        // an attacker can make us hold for one connection is `max_line_len` plus what one read
+        // brings in past it (the read buffer), not the length of their line.
         LinesCodecError::MaxLineLengthExceeded => Some(LINE_TOO_LONG),
         // The codec reports a line that is not UTF-8 as an I/O error of kind `InvalidData`.
         LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(INVALID_UTF8),
@@ -269,10 +276,9 @@ impl Server {
                 "{} clients connected; refused one",
                 self.config.max_connections
             );
-            spawn_and_log_error(
-                &self.tracker,
-                until_closed(self.close.clone(), refuse(stream, SERVER_FULL)),
-            );
+            let (input, output) = tokio::io::split(stream);
+            let refused = refuse(output, input, SERVER_FULL, self.config.linger);
+            spawn_and_log_error(&self.tracker, until_closed(self.close.clone(), refused));
             return;
         };
         let connection = Connection {
@@ -403,27 +409,37 @@ where
     let first_line = tokio::select! {
         // `biased`: look at the shutdown first.
         biased;
-        () = shutdown.cancelled() => return Ok(()),
+        // Nobody is writing to this client yet: we close it in order ourselves.
+        () = shutdown.cancelled() => {
+            close_in_order(writer.stream, Some(lines.into_inner()), config.linger).await;
+            return Ok(());
+        }
         line = tokio::time::timeout(config.login_timeout, lines.next()) => line,
     };
     // Until the broker has the writing half, this task is the only one that writes to the
     // client: it answers a bad login line itself.
+    let linger = config.linger;
     let name = match first_line {
-        Err(_elapsed) => return refuse(writer.stream, LOGIN_TIMED_OUT).await,
+        Err(_elapsed) => {
+            return refuse(writer.stream, lines.into_inner(), LOGIN_TIMED_OUT, linger).await;
+        }
         Ok(None) => return Err("peer disconnected before sending a name".into()),
         Ok(Some(Err(e))) => match refusal(&e) {
-            Some(error) => return refuse(writer.stream, error).await,
+            Some(error) => return refuse(writer.stream, lines.into_inner(), error, linger).await,
             None => return Err(e.into()),
         },
         Ok(Some(Ok(line))) => match parse_login(&line) {
             Some(name) => name,
-            None => return refuse(writer.stream, INVALID_NAME).await,
+            None => {
+                return refuse(writer.stream, lines.into_inner(), INVALID_NAME, linger).await;
+            }
         },
     };
     // The reader's last word to its writer. Dropping the sender (on return, on `?`, on a
-    // panic) says "the client left: stop"; sending a line on it says "the client broke a
-    // rule: write what is queued, then this line, then close".
-    let (farewell, reader_gone) = oneshot::channel::<String>();
+    // panic) says "the client left: stop". Sending a `Handover` says "I stopped reading (for
+    // the shutdown, or because the client broke a rule): write what is owed, then close in
+    // order", and hands over the reading half for that.
+    let (hand_over, reader_gone) = oneshot::channel::<Handover>();
     // The broker answers whether the name is free, and we wait for the answer before reading
     // on: a client refused as `bob` must not get a single line routed as `bob`. The broker
     // never waits for us, so waiting for it cannot deadlock.
@@ -434,7 +450,6 @@ where
             id,
             stream: writer,
             reader_gone,
-            shutdown: shutdown.clone(),
             close,
             login: answer,
         })
@@ -443,18 +458,20 @@ where
     match answered.await {
         Ok(Login::Accepted) => eprintln!("{name} logged in"),
         // The broker gave the writing half back: we answer, as for any bad login.
-        Ok(Login::Taken(writer)) => return refuse(writer.stream, NAME_TAKEN).await,
+        Ok(Login::Taken(writer)) => {
+            return refuse(writer.stream, lines.into_inner(), NAME_TAKEN, linger).await;
+        }
         Err(_) => return Err("the broker dropped the login".into()),
     }
 
-    loop {
+    let farewell = loop {
         tokio::select! {
             // Shutdown is checked first, so a client that keeps sending cannot keep its
             // reader going once the signal is out: every line after it stays unread.
             biased;
             () = shutdown.cancelled() => {
                 eprintln!("{name}: stopped reading, shutting down");
-                break;
+                break None;
             }
             line = lines.next() => match line {
                 Some(Ok(line)) => match parse_message(&line) {
@@ -473,18 +490,37 @@ where
                 Some(Err(e)) => match refusal(&e) {
                     Some(error) => {
                         eprintln!("{name}: {error}; closing the connection");
-                        // Fails only if the writer has ended: then nobody is left to tell.
-                        let _ = farewell.send(error.to_string());
-                        break;
+                        break Some(error);
                     }
                     None => return Err(e.into()),
                 },
                 None => {
                     eprintln!("{name} disconnected");
-                    break;
+                    return Ok(());
                 }
             },
         }
+    };
+    // We stopped reading, for the shutdown or for a broken rule. What the client sends from
+    // now on stays unread: the writer takes our half of the socket, to read and discard it
+    // when it closes the connection. (The send fails only if the writer has ended already:
+    // then the half is dropped here.)
+    let leaving = farewell.is_some();
+    let input = Box::new(lines.into_inner());
+    let _ = hand_over.send(Handover {
+        input,
+        farewell,
+        linger,
+    });
+    // The lines read before the bad one are on their way through the broker, to every
+    // recipient and perhaps to this client too. `Leave` follows them on the same channel: when
+    // the broker gets to it, it has routed them all, and it closes our queue, so the writer
+    // writes them before the error line. (At shutdown the broker closes every queue anyway.)
+    if leaving {
+        broker
+            .send(Event::Leave { name, id })
+            .await
+            .map_err(|_| BROKER_GONE)?;
     }
     Ok(())
 }
@@ -494,16 +530,41 @@ where
 /// which may hold a socket, is not `Sync` and cannot travel inside the error.)
 const BROKER_GONE: &str = "the broker is gone";
 
-/// Writes `error` to a client we are not serving and closes the connection.
-async fn refuse<W>(mut stream: W, error: &str) -> Result<()>
+/// Writes `error` to a client we are not serving and closes the connection in order.
+async fn refuse<W, R>(mut output: W, input: R, error: &str, linger: Duration) -> Result<()>
 where
     W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
 {
     eprintln!("refused a client: {error}");
-    stream.write_all(format!("{error}\n").as_bytes()).await?;
-    // Closes our writing direction, so the client reads the line and then the end.
-    stream.shutdown().await?;
+    output.write_all(format!("{error}\n").as_bytes()).await?;
+    close_in_order(output, Some(input), linger).await;
     Ok(())
+}
+
+/// Closes a connection without losing what we wrote to it: a lingering close.
+///
+/// Closing a socket while some of the client's bytes are still unread makes the kernel answer
+/// with RST instead of FIN, and a reset throws away whatever we wrote that the client had not
+/// received yet. So we first shut down our writing direction (FIN: the client reads everything
+/// we sent, then the end), then read and discard what the client still sends until it closes
+/// its side, and only then let the socket go. `linger`, counted from the FIN, bounds the wait
+/// for a client that never closes. `input` is `None` when the client left: nothing more comes.
+async fn close_in_order<W, R>(mut output: W, input: Option<R>, linger: Duration)
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    // Fails only if the connection is broken already: then there is nothing left to save.
+    if output.shutdown().await.is_err() {
+        return;
+    }
+    if let Some(mut input) = input {
+        let mut sink = tokio::io::sink();
+        // Ends at the client's EOF, at a read error, or after `linger`: all three mean done.
+        let discard = tokio::io::copy(&mut input, &mut sink);
+        let _ = tokio::time::timeout(linger, discard).await;
+    }
 }
 
 /// The writing half of a client's connection, boxed so that the broker does not care what
@@ -517,6 +578,25 @@ struct ClientWriter {
 impl fmt::Debug for ClientWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClientWriter")
+    }
+}
+
+/// What a reader hands its writer when it stops reading while the client is still there.
+struct Handover {
+    /// The reading half of the socket, for the lingering close.
+    input: Box<dyn AsyncRead + Send + Unpin>,
+    /// The `error: ...` line to write after everything queued, if the client broke a rule;
+    /// `None` at shutdown.
+    farewell: Option<&'static str>,
+    /// How long to wait for the client to close its side: [`Config::linger`].
+    linger: Duration,
+}
+
+impl fmt::Debug for Handover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handover")
+            .field("farewell", &self.farewell)
+            .finish_non_exhaustive()
     }
 }
 
@@ -534,18 +614,20 @@ enum Login {
 #[derive(Debug)]
 enum Event {
     /// A client wants to log in as `name`; `stream` is the half of its socket to write to,
-    /// `reader_gone` completes when its reader ends (with a last line, or with an error if
-    /// there is none), `shutdown` and `close` are the connection's tokens, and `login` takes
-    /// the broker's answer.
+    /// `reader_gone` completes when its reader ends (with a [`Handover`] if it stopped reading
+    /// while the client was still there, with an error if the client left), `close` is the
+    /// connection's token, and `login` takes the broker's answer.
     NewPeer {
         name: String,
         id: u64,
         stream: ClientWriter,
-        reader_gone: oneshot::Receiver<String>,
-        shutdown: CancellationToken,
+        reader_gone: oneshot::Receiver<Handover>,
         close: CancellationToken,
         login: oneshot::Sender<Login>,
     },
+    /// The session `id` of `name` broke a rule and is leaving: no more lines for it. Its
+    /// queue closes once it holds everything routed to it before.
+    Leave { name: String, id: u64 },
     /// `from` sent `text` to the peers named in `dest`.
     Message {
         from: String,
@@ -601,12 +683,20 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                     deliver(&mut peers, &name, format!("from {from}: {text}"));
                 }
             }
+            Event::Leave { name, id } => {
+                // Dropping the entry drops the queue's sender: the writer writes what the
+                // queue holds, then sees it closed. (A newer session of the same name stays.)
+                if let Entry::Occupied(entry) = peers.entry(name) {
+                    if entry.get().id == id {
+                        entry.remove();
+                    }
+                }
+            }
             Event::NewPeer {
                 name,
                 id,
                 stream,
                 reader_gone,
-                shutdown,
                 close,
                 login,
             } => match peers.entry(name) {
@@ -628,11 +718,9 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                     let _ = login.send(Login::Accepted);
                     let disconnect_sender = disconnect_sender.clone();
                     spawn_and_log_error(&tracker, async move {
-                        let result = until_closed(
-                            close,
-                            writer_loop(&mut receiver, stream, reader_gone, shutdown),
-                        )
-                        .await;
+                        let result =
+                            until_closed(close, writer_loop(&mut receiver, stream, reader_gone))
+                                .await;
                         // Hand the receiver back however the writer ended. This send fails
                         // only once the broker has ended, and then nobody needs the peer
                         // removed.
@@ -682,27 +770,28 @@ fn remove_peer(
     }
 }
 
-/// Writes every message the broker routes to one peer, in order, to its socket.
+/// Writes every message the broker routes to one peer, in order, to its socket, then closes
+/// the connection.
 ///
-/// It ends when its reader ends (the client left: `reader_gone` fails), after a last line
-/// when its reader stopped the client for breaking a rule, when its channel closes (the broker
-/// dropped the sender) or when a write fails. Once shutdown has begun it ends only when its
-/// channel closes, after writing everything queued. (And at once, wherever it is, when the
-/// connection's `close` token is cancelled: the caller runs it under `until_closed`.)
+/// It ends when its reader ends because the client left (`reader_gone` fails), when its
+/// channel closes (the broker dropped the sender) or when a write fails. Once the reader has
+/// stopped and handed over its half (at shutdown, or after a broken rule), it writes until the
+/// broker closes its channel, then the reader's `error:` line if there is one, then closes in
+/// order. (And it ends at once, wherever it is, when the connection's `close` token is
+/// cancelled: the caller runs it under `until_closed`.)
 async fn writer_loop(
     messages: &mut Receiver<String>,
     stream: ClientWriter,
-    mut reader_gone: oneshot::Receiver<String>,
-    shutdown: CancellationToken,
+    mut reader_gone: oneshot::Receiver<Handover>,
 ) -> Result<()> {
     // The slot stays taken until this function returns and the socket is dropped.
     let ClientWriter { stream, _slot } = stream;
     // The encoder appends the `\n` to each line.
     let mut lines = FramedWrite::new(stream, LinesCodec::new());
-    // Once shutdown has begun, our reader stops on its own, while the broker may still route
-    // us messages it read before the signal. So from then on "the reader is gone" no longer
-    // means "the client left": we ignore it and write until the broker closes our channel.
-    let mut shutting_down = false;
+    // Once our reader has stopped, the broker may still route us messages it read before:
+    // lines read before the shutdown, or before the client's bad line. So from then on we
+    // write until the broker closes our channel.
+    let mut handover = None;
     loop {
         tokio::select! {
             // `biased`: the branches are polled in this order, not at random.
@@ -722,23 +811,33 @@ async fn writer_loop(
                 None => break,
             },
             // `&mut`: the same receiver is polled on every turn instead of being moved into
-            // the first one.
-            reader_gone = &mut reader_gone, if !shutting_down => match reader_gone {
-                // The client broke a rule. We only get here with an empty queue (`biased`:
-                // queued messages come first), so it has had everything queued before its
-                // error; now the error, and the end.
-                Ok(farewell) => {
-                    lines.send(farewell).await?;
-                    break;
-                }
-                // The sender was dropped: the reader has ended. Why? The token is a state we
-                // can ask: a reader stops for shutdown only after the token was cancelled,
-                // so if it is not cancelled, the client left.
-                Err(_) if !shutdown.is_cancelled() => break,
-                Err(_) => shutting_down = true,
+            // the first one. Once it has answered, the precondition switches it off.
+            reader_gone = &mut reader_gone, if handover.is_none() => match reader_gone {
+                Ok(reader_stopped) => handover = Some(reader_stopped),
+                // The sender was dropped without a word: the client left.
+                Err(_) => break,
             },
         }
     }
+    // The broker closes our channel only after the reader has stopped: on its `Leave`, which
+    // it sends after handing over, or at the end of the server, after every reader. So if we
+    // left the loop that way before looking at `reader_gone`, its answer is already there.
+    let Some(Handover {
+        input,
+        farewell,
+        linger,
+    }) = handover.or_else(|| reader_gone.try_recv().ok())
+    else {
+        // The client left: nothing to say, nothing to wait for.
+        lines.into_inner().shutdown().await?;
+        return Ok(());
+    };
+    // The client broke a rule: it has had everything routed to it before its bad line; now
+    // the error, and the end.
+    if let Some(farewell) = farewell {
+        lines.send(farewell).await?;
+    }
+    close_in_order(lines.into_inner(), Some(input), linger).await;
     Ok(())
 }
 
@@ -868,13 +967,13 @@ mod tests {
     /// its reader would hold.
     struct HandPeer {
         client: FramedRead<tokio::io::DuplexStream, LinesCodec>,
-        _farewell: oneshot::Sender<String>,
+        _hand_over: oneshot::Sender<Handover>,
         login: oneshot::Receiver<Login>,
     }
 
     fn new_peer(name: &str, id: u64, slots: &Arc<Semaphore>) -> (Event, HandPeer) {
         let (client, served) = tokio::io::duplex(64 * 1024);
-        let (farewell, reader_gone) = oneshot::channel();
+        let (hand_over, reader_gone) = oneshot::channel();
         let (login, answered) = oneshot::channel();
         let slot = Arc::clone(slots)
             .try_acquire_owned()
@@ -887,13 +986,12 @@ mod tests {
                 _slot: slot,
             },
             reader_gone,
-            shutdown: CancellationToken::new(),
             close: CancellationToken::new(),
             login,
         };
         let peer = HandPeer {
             client: FramedRead::new(client, LinesCodec::new()),
-            _farewell: farewell,
+            _hand_over: hand_over,
             login: answered,
         };
         (event, peer)

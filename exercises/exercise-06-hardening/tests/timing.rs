@@ -146,8 +146,9 @@ async fn grace_period_ends_a_stuck_shutdown() {
     );
 }
 
-/// When every client keeps up, the shutdown finishes at once, well inside the grace period,
-/// and returns `Ok`; everything queued is delivered first.
+/// When every client keeps up and closes its side once it has read ours, the shutdown
+/// finishes at once, well inside the grace period, and returns `Ok`; everything queued is
+/// delivered first.
 #[tokio::test(start_paused = true)]
 async fn shutdown_within_the_grace_period_is_clean() {
     let server = Server::new(Config::default());
@@ -163,18 +164,55 @@ async fn shutdown_within_the_grace_period_is_clean() {
         got.push(alice.next().await.expect("alice's messages come back"));
     }
     let start = Instant::now();
-    server.shut_down().await.expect("a clean shutdown");
-    assert_eq!(
-        start.elapsed(),
-        Duration::ZERO,
-        "nothing should have waited"
-    );
+    let shut_down = tokio::spawn(server.shut_down());
     assert_eq!(
         alice.next().await,
         None,
         "alice's connection should be closed"
     );
+    // Alice answers the server's end with her own, as a well-behaved client does.
+    drop(alice);
+    shut_down
+        .await
+        .expect("the shutdown task does not panic")
+        .expect("a clean shutdown");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "nothing should have waited"
+    );
     assert_eq!(got.len(), 101);
+}
+
+/// A client that never closes its side holds the shutdown up for exactly `linger` after the
+/// server's end-of-file, no longer: the lingering close is bounded.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_closes_costs_at_most_the_linger() {
+    let linger = Duration::from_millis(1500);
+    let server = Server::new(Config {
+        linger,
+        ..Config::default()
+    });
+    let mut alice = PipeClient::connect(&server, 64 * 1024);
+    alice.send("alice").await;
+    alice.send("alice: hi").await;
+    assert_eq!(alice.next().await.as_deref(), Some("from alice: hi"));
+    let start = Instant::now();
+    let shut_down = tokio::spawn(server.shut_down());
+    assert_eq!(alice.next().await, None, "the server's end comes at once");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // Alice keeps her side open, and even keeps typing: the server reads and discards.
+    alice.send("bob: still here").await;
+    shut_down
+        .await
+        .expect("the shutdown task does not panic")
+        .expect("a clean shutdown: the linger is not the grace period");
+    assert_eq!(
+        start.elapsed(),
+        linger,
+        "the server waited exactly the linger"
+    );
+    drop(alice);
 }
 
 /// A client that breaks a rule while lines are still queued for it (its pipe is full) gets

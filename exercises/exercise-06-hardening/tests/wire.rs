@@ -129,6 +129,20 @@ async fn shutdown_delivers_accepted_burst() {
     server.finished().await;
 }
 
+/// A recipient that keeps sending through the shutdown still gets the 2 000 messages read
+/// for it before, complete and in order, then an end-of-file, not a reset.
+#[tokio::test]
+async fn shutdown_delivers_to_a_client_that_keeps_typing() {
+    let mut server = start(roomy()).await;
+    scenarios::shutdown_delivers_to_a_client_that_keeps_typing(
+        server.addr(),
+        || server.trigger_shutdown(),
+        2_000,
+    )
+    .await;
+    server.finished().await;
+}
+
 /// With clients still writing when shutdown begins, readers stop reading, each recipient gets
 /// a gap-free, in-order prefix from each sender, and every socket closes.
 #[tokio::test]
@@ -183,6 +197,16 @@ async fn line_limit_is_configurable() {
     })
     .await;
     scenarios::refuses_long_message_line(server.addr(), 100).await;
+}
+
+/// A client that goes on sending after a bad line gets every line read before it, its own
+/// copies included, then the `error:` line, then an end-of-file, not a reset. On two worker
+/// threads, so that the writer can run while the broker is still routing those lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_comes_after_accepted_lines() {
+    let server = testkit::start(exercise_06::run).await;
+    scenarios::refusal_comes_after_accepted_lines(server.addr(), Config::default().max_line_len)
+        .await;
 }
 
 /// Invalid UTF-8 gets `error: invalid UTF-8` and a close; other clients keep chatting.

@@ -220,6 +220,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "broker-queue-len" => config.broker_queue_len = parse_count(&value).map_err(bad)?,
             "max-connections" => config.max_connections = parse_count(&value).map_err(bad)?,
             "grace-period" => config.grace_period = parse_duration(&value).map_err(bad)?,
+            "linger" => config.linger = parse_duration(&value).map_err(bad)?,
             _ => return Err(format!("unknown flag `--{flag}`")),
         }
     }
@@ -274,6 +275,8 @@ Options:
   --max-connections N        clients connected at once; one more gets `error: server full`
                              [default: {}]
   --grace-period DURATION    how long a graceful shutdown may take [default: {}s]
+  --linger DURATION          how long a closing connection waits for the client to close
+                             its side after ours [default: {}s]
   -h, --help                 print this help
 
 DURATION is a whole number with a unit: 250ms, 10s, 2m.
@@ -288,6 +291,7 @@ Exit codes: {EXIT_CLEAN} clean shutdown; {EXIT_FAILED} failed to start or failed
         d.broker_queue_len,
         d.max_connections,
         d.grace_period.as_secs(),
+        d.linger.as_secs(),
     )
 }
 
@@ -316,7 +320,7 @@ mod tests {
     fn every_flag() {
         let parsed = args(
             "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --queue-bytes 70000 \
-             --broker-queue-len=8 --max-connections 9 --grace-period 2m",
+             --broker-queue-len=8 --max-connections 9 --grace-period 2m --linger=250ms",
         );
         assert_eq!(
             parsed,
@@ -329,6 +333,7 @@ mod tests {
                     broker_queue_len: 8,
                     max_connections: 9,
                     grace_period: Duration::from_secs(120),
+                    linger: Duration::from_millis(250),
                 }
             })
         );

@@ -35,7 +35,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// The longest line a client may send, in bytes, not counting the `\n`. A longer line gets
-    /// `error: line too long` and the connection is closed.
+    /// `error: line too long` and the connection is closed. The limit counts the bytes before
+    /// the `\n` as they arrive, so the `\r` of a CRLF ending counts too: on purpose, the rule is
+    /// about what the server must buffer, and a CRLF client simply has one byte less of text.
     pub max_line_len: usize,
     /// How long a new client has to send its name before it is closed.
     pub login_timeout: Duration,
@@ -115,7 +117,8 @@ const SERVER_FULL: &str = "error: server full";
 fn refusal(error: &LinesCodecError) -> Option<&'static str> {
     match error {
         // `LinesCodec` discards the rest of the line rather than buffering it, so the memory
-        // an attacker can make us hold is `max_line_len`, not the length of their line.
+        // an attacker can make us hold for one connection is `max_line_len` plus what one read
+        // brings in past it (the read buffer), not the length of their line.
         LinesCodecError::MaxLineLengthExceeded => Some(LINE_TOO_LONG),
         // The codec reports a line that is not UTF-8 as an I/O error of kind `InvalidData`.
         LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(INVALID_UTF8),

@@ -37,7 +37,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// The longest line a client may send, in bytes, not counting the `\n`. A longer line gets
-    /// `error: line too long` and the connection is closed.
+    /// `error: line too long` and the connection is closed. The limit counts the bytes before
+    /// the `\n` as they arrive, so the `\r` of a CRLF ending counts too: on purpose, the rule is
+    /// about what the server must buffer, and a CRLF client simply has one byte less of text.
     pub max_line_len: usize,
     /// How long a new client has to send its name before it is closed.
     pub login_timeout: Duration,
@@ -136,7 +138,8 @@ const SERVER_FULL: &str = "error: server full";
 fn refusal(error: &LinesCodecError) -> Option<&'static str> {
     match error {
         // `LinesCodec` discards the rest of the line rather than buffering it, so the memory
-        // an attacker can make us hold is `max_line_len`, not the length of their line.
+        // an attacker can make us hold for one connection is `max_line_len` plus what one read
+        // brings in past it (the read buffer), not the length of their line.
         LinesCodecError::MaxLineLengthExceeded => Some(LINE_TOO_LONG),
         // The codec reports a line that is not UTF-8 as an I/O error of kind `InvalidData`.
         LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(INVALID_UTF8),
@@ -1734,26 +1737,38 @@ mod tests {
     }
 
     /// A writer woken for one line lets its queue fill while the broker is still routing to
-    /// it: twenty lines queued one per scheduler turn, behind the one that woke it, all go
-    /// into the write that follows, where without the wait it would hold a line or two.
+    /// it: `let_queue_fill` stays pending for as long as each look finds the queue grown, ends
+    /// at the first look that finds nothing new (or at once when a batch is waiting), and the
+    /// twenty lines that came meanwhile go into one write with the first. Polled by hand, so
+    /// that no order of the scheduler is assumed: `yield_now` promises none.
     #[tokio::test]
     async fn a_writer_lets_its_queue_fill() {
         let (queue, messages) = peer_queue(1 << 20);
         queue.push("alice", "0").expect("the queue has room");
-        // Stands in for the broker: one line per turn, as if routing between other work,
-        // then it closes the queue.
-        let broker = tokio::spawn(async move {
+        {
+            let mut fill = std::pin::pin!(let_queue_fill(&messages));
+            assert!(
+                futures::poll!(fill.as_mut()).is_pending(),
+                "it yields before it looks again"
+            );
             for i in 1..=20 {
                 queue
                     .push("alice", &i.to_string())
                     .expect("the queue has room");
-                tokio::task::yield_now().await;
+                assert!(
+                    futures::poll!(fill.as_mut()).is_pending(),
+                    "line {i} arrived while it waited: it waits again"
+                );
             }
-        });
+            assert!(
+                futures::poll!(fill.as_mut()).is_ready(),
+                "nothing new since the last look: it stops waiting"
+            );
+        }
+        drop(queue);
         let writes = tokio::time::timeout(Duration::from_secs(5), run_writer(messages))
             .await
             .expect("the writer should end once its queue is closed");
-        broker.await.expect("the stand-in does not panic");
         let expected: String = (0..=20).map(|i| format!("from alice: {i}\n")).collect();
         assert_eq!(
             String::from_utf8_lossy(&writes[0]),
@@ -1762,6 +1777,12 @@ mod tests {
              behind it (writes: {})",
             writes.len()
         );
+        // A full batch does not wait at all.
+        let (queue, messages) = peer_queue(1 << 20);
+        let text = "x".repeat(BATCH_BYTES);
+        queue.push("alice", &text).expect("the queue has room");
+        let mut fill = std::pin::pin!(let_queue_fill(&messages));
+        assert!(futures::poll!(fill.as_mut()).is_ready());
     }
 
     /// The server's end of a pipe that records, for each read that brings bytes, how much
