@@ -241,6 +241,7 @@ async fn help_lists_flags_and_exit_codes() {
         "--broker-queue-len EVENTS",
         "--max-connections N",
         "--grace-period DURATION",
+        "--linger DURATION",
         "[default: 4096]",
         "[default: 10000]",
         "3 grace period over",
