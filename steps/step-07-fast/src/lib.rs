@@ -855,11 +855,16 @@ where
 fn take_lines(buffer: &mut Vec<u8>, max_line_len: usize) -> (Option<String>, Option<&'static str>) {
     let mut end = 0;
     let mut broken = None;
+    // Whether a line has as many commas as a line may list names: only such a line can list
+    // too many (see `first_refused`).
+    let mut crowded = false;
     while let Some(newline) = buffer[end..].iter().position(|&b| b == b'\n') {
         if newline > max_line_len {
             broken = Some(LINE_TOO_LONG);
             break;
         }
+        let line = &buffer[end..end + newline];
+        crowded |= line.iter().filter(|&&b| b == b',').count() >= MAX_DESTINATIONS;
         end += newline + 1;
     }
     if broken.is_none() && buffer.len() - end > max_line_len {
@@ -892,7 +897,7 @@ fn take_lines(buffer: &mut Vec<u8>, max_line_len: usize) -> (Option<String>, Opt
     let Some(mut lines) = lines else {
         return (None, broken);
     };
-    match first_refused(&lines) {
+    match first_refused(&lines, crowded) {
         Some((start, error)) => {
             lines.truncate(start);
             (Some(lines).filter(|l| !l.is_empty()), Some(error))
@@ -904,14 +909,25 @@ fn take_lines(buffer: &mut Vec<u8>, max_line_len: usize) -> (Option<String>, Opt
 
 // ANCHOR: message_rules
 /// The first of `lines` (each ending in `\n`) that breaks a rule of message lines, if one
-/// does: where it starts, and its refusal.
-fn first_refused(lines: &str) -> Option<(usize, &'static str)> {
+/// does: where it starts, and its refusal. `crowded` says whether a line has at least
+/// [`MAX_DESTINATIONS`] commas.
+fn first_refused(lines: &str, crowded: bool) -> Option<(usize, &'static str)> {
+    // Every character `is_unsafe` refuses starts with a byte below 0x20 (`\n` aside), 0x7f
+    // (DEL), 0xc2 (the C1 controls) or 0xe2 (the bidirectional ones). One pass over all the
+    // lines, with no early exit so that it runs as a vector loop, finds whether any byte
+    // does. Mostly none does, and no line is crowded: then no line needs a closer look.
+    let suspect = lines.bytes().fold(false, |found, b| {
+        found | ((b < 0x20) & (b != b'\n')) | (b == 0x7f) | (b == 0xc2) | (b == 0xe2)
+    });
+    if !suspect && !crowded {
+        return None;
+    }
     let mut start = 0;
     for line in lines.split_inclusive('\n') {
         // The ending the broker drops (`str::lines`): `\n`, and a `\r` before it.
         let bare = line.strip_suffix('\n').unwrap_or(line);
         let bare = bare.strip_suffix('\r').unwrap_or(bare);
-        if let Some(error) = line_refusal(bare) {
+        if let Some(error) = line_refusal(bare, suspect) {
             return Some((start, error));
         }
         start += line.len();
@@ -921,18 +937,18 @@ fn first_refused(lines: &str) -> Option<(usize, &'static str)> {
 
 /// The refusal for a message line that breaks a rule of its own: a character [`is_unsafe`]
 /// refuses but tab, anywhere in the line (the text goes to other people's terminals), or more
-/// than [`MAX_DESTINATIONS`] names.
-fn line_refusal(line: &str) -> Option<&'static str> {
-    // Every character `is_unsafe` refuses starts with a byte below 0x20, 0x7f (DEL), 0xc2 (C1)
-    // or 0xe2 (the bidirectional ones): most lines have none, and skip the slower check.
-    let suspect = |b: u8| b < 0x20 || b == 0x7f || b == 0xc2 || b == 0xe2;
-    if line.bytes().any(suspect) && line.chars().any(|c| c != '\t' && is_unsafe(c)) {
+/// than [`MAX_DESTINATIONS`] names. `suspect` says whether it may hold such a character.
+fn line_refusal(line: &str, suspect: bool) -> Option<&'static str> {
+    if suspect && line.chars().any(|c| c != '\t' && is_unsafe(c)) {
         return Some(CONTROL_CHARACTER);
     }
-    let (dest, _text) = split_message(line)?;
-    // Fewer commas than the limit means no more names than it: most lines stop here.
-    let commas = dest.bytes().filter(|&b| b == b',').count();
-    if commas >= MAX_DESTINATIONS && destinations(dest).nth(MAX_DESTINATIONS).is_some() {
+    let (dest, _text) = line.split_once(':')?;
+    // More names than the limit take a comma each and a byte each at least: a shorter list,
+    // or one with fewer commas, has no more names than the limit. Most lines stop here.
+    if dest.len() > 2 * MAX_DESTINATIONS
+        && dest.bytes().filter(|&b| b == b',').count() >= MAX_DESTINATIONS
+        && destinations(dest).nth(MAX_DESTINATIONS).is_some()
+    {
         return Some(TOO_MANY_DESTINATIONS);
     }
     None
@@ -1015,6 +1031,8 @@ struct Peer {
     queue: PeerQueue,
     /// Cancelling it ends the peer's reader and writer at once.
     close: CancellationToken,
+    /// The number of the last line queued for this peer (see [`deliver`]).
+    last_line: u64,
 }
 
 /// Owns the map from names to peers, routes messages, and removes a peer when its writer ends
@@ -1027,6 +1045,8 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
     let mut peers: HashMap<String, Peer> = HashMap::new();
     // Writers send `(name, id, receiver)` here when they end.
     let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
+    // The number of the last line routed (see `deliver`).
+    let mut line_number: u64 = 0;
 
     loop {
         let event = tokio::select! {
@@ -1052,23 +1072,15 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
             // Each line is split where it lies in the event's `String`; each recipient's
             // queue gets a copy of the bytes its line is made of, appended to what it holds.
             Event::Lines { from, lines } => {
-                // The names one line has delivered to so far: a name written twice gets the
-                // line once. The reader let through at most `MAX_DESTINATIONS` names a line.
-                let mut seen = [""; MAX_DESTINATIONS];
                 // `lines` drops each `\n` and the `\r` of a CRLF ending before it.
                 for line in lines.lines() {
                     match split_message(line) {
                         Some((dest, text)) => {
-                            let mut count = 0;
+                            // Each line routed gets a number, so that a peer named twice in it
+                            // can tell it already has it.
+                            line_number += 1;
                             for name in destinations(dest) {
-                                if seen[..count].contains(&name) {
-                                    continue;
-                                }
-                                if let Some(slot) = seen.get_mut(count) {
-                                    *slot = name;
-                                    count += 1;
-                                }
-                                deliver(&mut peers, name, &from, text);
+                                deliver(&mut peers, name, line_number, &from, text);
                             }
                         }
                         None => eprintln!("{from}: ignored a line without ':'"),
@@ -1097,6 +1109,8 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                         id,
                         queue,
                         close: close.clone(),
+                        // Lines are numbered from 1.
+                        last_line: 0,
                     });
                     // If the reader is gone, so is its end of `reader_gone`: the writer we
                     // start sees that and ends at once.
@@ -1128,17 +1142,23 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 }
 
 // ANCHOR: slow_consumer
-/// Queues `from NAME: text` for the peer called `name`, if it is connected, without ever
-/// waiting.
+/// Queues `from NAME: text` for the peer called `name`, if it is connected and line number
+/// `line` is not queued for it yet, without ever waiting.
 ///
 /// The policy for a slow consumer: a peer whose queue cannot take the line within its
 /// `peer_queue_bytes` has fallen too far behind. It is disconnected at once and told nothing
 /// more (anything we wrote would wait behind the lines it is not reading). Its name is free
 /// again right away.
-fn deliver(peers: &mut HashMap<String, Peer>, name: &str, from: &str, text: &str) {
-    let Some(peer) = peers.get(name) else {
+fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: u64, from: &str, text: &str) {
+    let Some(peer) = peers.get_mut(name) else {
         return;
     };
+    // A name written twice in one line: the line is queued for this peer already. (No search
+    // through the names before it, as step 06 does: the peer remembers.)
+    if peer.last_line == line {
+        return;
+    }
+    peer.last_line = line;
     match peer.queue.push(from, text) {
         Ok(()) => {}
         Err(TrySendError::Full(())) => {
