@@ -561,6 +561,7 @@ where
                     // the codec refuses does (below).
                     Err(error) => {
                         eprintln!("{name}: {error}; closing the connection");
+                        // Fails only if the writer has ended: then nobody is left to tell.
                         let _ = farewell.send(error.to_string());
                         break;
                     }
