@@ -4,6 +4,7 @@
 
 mod args;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::pin::{Pin, pin};
@@ -197,6 +198,15 @@ async fn chat(
                 // The write is awaited right here, so while one line goes out the loop neither
                 // reads from the server nor sees Ctrl-C. For a person typing that is a moment;
                 // a client fed megabytes would give writing a task of its own.
+                // ANCHOR: not_sent
+                // An arrow key in a line-buffered terminal types an escape sequence into the
+                // line, and a server from step 06 on closes a client that sends one.
+                Some(line) if line.chars().any(is_unsafe) => eprintln!(
+                    "not sent: the line has control characters ({}); arrow keys do not edit a \
+                     line here",
+                    visible(&line)
+                ),
+                // ANCHOR_END: not_sent
                 Some(line) => to_server.send(line).await.map_err(lost)?,
                 None => {
                     // Flush what was typed, then half-close: the server reads everything we
@@ -218,9 +228,11 @@ async fn chat(
 // ANCHOR_END: chat_loop
 
 // ANCHOR: show
-/// Prints one server line: messages on stdout as they came, the server's `error: ...` lines on
-/// stderr and marked, so they stand out from chat (and a script can tell them apart).
+/// Prints one server line: messages on stdout, the server's `error: ...` lines on stderr and
+/// marked, so they stand out from chat (and a script can tell them apart). Both go through
+/// [`visible`] first: what a server sends never drives the terminal.
 fn show(line: &str) -> Result<()> {
+    let line = visible(line);
     match line.strip_prefix("error:") {
         Some(error) => eprintln!("server error: {}", error.trim_start()),
         // `writeln!` rather than `println!`: if stdout is closed (`client | head -1`),
@@ -231,6 +243,35 @@ fn show(line: &str) -> Result<()> {
     Ok(())
 }
 // ANCHOR_END: show
+
+// ANCHOR: visible
+/// `line` as it is safe to print: every character a terminal would obey rather than show is
+/// written as its escape (`\r`, `\u{1b}`), so no server, and no client a server forwards,
+/// can write over a line, rename the window or erase the screen. Everything else, tab
+/// included, is printed as it came; most lines are returned as they are, without a copy.
+fn visible(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(is_unsafe) {
+        return Cow::Borrowed(line);
+    }
+    let mut shown = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if is_unsafe(c) {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Whether a terminal would obey `c` rather than show it: a control character (C0, DEL, C1)
+/// other than tab, which only moves the cursor forward, or one of Unicode's bidirectional
+/// embeddings, overrides and isolates, which reorder the rest of the line. The server's rule
+/// for message text, from step 06 on, is the same.
+fn is_unsafe(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+// ANCHOR_END: visible
 
 // ANCHOR: ending
 /// How a session ended. Each way has its message and exit code; errors are the other way out.

@@ -434,3 +434,55 @@ async fn server_errors_are_marked() {
     client.expect_no_stdout().await;
     client.expect_running().await;
 }
+
+/// Whatever the server sends, the client never lets it drive the terminal: a carriage return,
+/// escape sequences, NUL, DEL, a C1 control and a bidirectional override are printed as
+/// escapes, on stdout and in a marked error line alike, while ordinary Unicode and tabs are
+/// printed as they came.
+///
+/// A scripted peer plays a server that forwards anything, as steps 02 to 05 do.
+#[tokio::test]
+async fn never_prints_control_characters() {
+    let (listener, addr) = scripted_server().await;
+    let mut client = ClientProcess::start(&[&addr.to_string(), "--name", "bob"]);
+    let (_lines, mut writer) = accept_login(&listener, "bob").await;
+    writer
+        .write_all(
+            "from alice: hi\rfrom carol: I am carol\x1b]0;pwned\x07\x1b[2K\n\
+             from alice: \0 \x7f \u{9b}2J \u{202e}lorac\n\
+             from alice: café 日本語 👩\u{200d}💻 שלום\tok\n\
+             error: bad \x1b[31mred\n"
+                .as_bytes(),
+        )
+        .await
+        .expect("writing to the client");
+    client
+        .expect_stdout(r"from alice: hi\rfrom carol: I am carol\u{1b}]0;pwned\u{7}\u{1b}[2K")
+        .await;
+    client
+        .expect_stdout(r"from alice: \u{0} \u{7f} \u{9b}2J \u{202e}lorac")
+        .await;
+    client
+        .expect_stdout("from alice: café 日本語 👩\u{200d}💻 שלום\tok")
+        .await;
+    let line = client.expect_stderr("server error:").await;
+    assert_eq!(line, r"server error: bad \u{1b}[31mred");
+}
+
+/// A typed line with a control character in it (an arrow key types one) is not sent, and the
+/// client says so; the next line is sent as usual.
+#[tokio::test]
+async fn does_not_send_control_characters() {
+    let (listener, addr) = scripted_server().await;
+    let mut client = ClientProcess::start(&[&addr.to_string(), "--name", "alice"]);
+    let (mut lines, _writer) = accept_login(&listener, "alice").await;
+    client.type_line("bob: left\x1b[D arrow").await;
+    let line = client.expect_stderr("not sent").await;
+    assert!(line.contains(r"bob: left\u{1b}[D arrow"), "{line}");
+    client.type_line("bob: fine\twith a tab").await;
+    let next = tokio::time::timeout(TIMEOUT, lines.next_line())
+        .await
+        .expect("the client's line should arrive within the deadline")
+        .expect("reading the client's line");
+    assert_eq!(next.as_deref(), Some("bob: fine\twith a tab"));
+}

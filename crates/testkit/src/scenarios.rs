@@ -10,6 +10,8 @@ use crate::Client;
 
 mod hardening;
 pub use hardening::*;
+mod hostile;
+pub use hostile::*;
 
 /// Each named, connected destination receives `from NAME: text`; nobody else does.
 pub async fn delivers_to_named_destination(addr: SocketAddr) {

@@ -78,6 +78,11 @@ impl Default for Config {
 /// The longest name a client may log in with, in bytes.
 pub const MAX_NAME_LEN: usize = 32;
 
+/// The most names one message line may list, counted as written (a name written twice counts
+/// twice). A line that lists more gets `error: too many destinations` and the connection is
+/// closed.
+pub const MAX_DESTINATIONS: usize = 32;
+
 /// How long the accept loop waits after `accept` failed before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -113,6 +118,8 @@ const INVALID_NAME: &str = "error: invalid name";
 const NAME_TAKEN: &str = "error: name taken";
 const LOGIN_TIMED_OUT: &str = "error: login timed out";
 const SERVER_FULL: &str = "error: server full";
+const CONTROL_CHARACTER: &str = "error: control character";
+const TOO_MANY_DESTINATIONS: &str = "error: too many destinations";
 
 /// The line to send a client whose input broke a rule, or `None` when the error is not the
 /// client's fault to be told about (the connection failed: nobody is there to read it).
@@ -164,14 +171,23 @@ pub struct Message {
     pub text: String,
 }
 
+/// Whether a terminal would obey `c` rather than show it. Control characters (C0, DEL and C1:
+/// what `char::is_control` says) move the cursor, erase, and start escape sequences; Unicode's
+/// bidirectional embeddings, overrides and isolates (U+202A to U+202E, U+2066 to U+2069)
+/// reorder what follows them on the line. A name may contain none of them; a message may
+/// contain a tab, which only moves the cursor forward.
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Parses the first line a client sends: its login name, trimmed. `None` unless it is a valid
 /// name: not empty, at most [`MAX_NAME_LEN`] bytes, and without `,` or `:` (which separate
-/// names in a message line) or control characters (which could forge lines in a log or a
-/// terminal).
+/// names in a message line) or characters that [`is_unsafe`] refuses (which could forge lines
+/// in a log or a terminal).
 pub fn parse_login(line: &str) -> Option<String> {
     // Trim the line and return the name only if it follows the rules above.
     // Refuse (None) an empty name, one longer than MAX_NAME_LEN bytes, and one with a `,`, a
-    // `:` or a control character (`char::is_control`).
+    // `:` or a character that `is_unsafe` refuses.
     todo!("Trim the line and return the name only if it follows the rules above.")
 }
 
@@ -189,6 +205,19 @@ pub fn parse_message(line: &str) -> Option<Message> {
         dest,
         text: text.trim().to_string(),
     })
+}
+
+/// Parses a message line, as [`parse_message`] does, once it has checked the line's own
+/// rules: no character [`is_unsafe`] refuses but tab, anywhere in the line (the text goes to
+/// other people's terminals), and at most [`MAX_DESTINATIONS`] names. `Err` holds the refusal.
+fn accept_message(line: &str) -> std::result::Result<Option<Message>, &'static str> {
+    if line.chars().any(|c| c != '\t' && is_unsafe(c)) {
+        return Err(CONTROL_CHARACTER);
+    }
+    match parse_message(line) {
+        Some(message) if message.dest.len() > MAX_DESTINATIONS => Err(TOO_MANY_DESTINATIONS),
+        parsed => Ok(parsed),
+    }
 }
 
 /// Serves clients on `listener` with the default [`Config`] until `shutdown` completes, then
@@ -474,10 +503,10 @@ where
                 break None;
             }
             line = lines.next() => match line {
-                Some(Ok(line)) => match parse_message(&line) {
+                Some(Ok(line)) => match accept_message(&line) {
                     // `send` waits while the broker's queue is full: this client is not read
                     // meanwhile, which is the backpressure we want.
-                    Some(Message { dest, text }) => broker
+                    Ok(Some(Message { dest, text })) => broker
                         .send(Event::Message {
                             from: name.clone(),
                             dest,
@@ -485,7 +514,13 @@ where
                         })
                         .await
                         .map_err(|_| BROKER_GONE)?,
-                    None => eprintln!("{name}: ignored a line without ':'"),
+                    Ok(None) => eprintln!("{name}: ignored a line without ':'"),
+                    // A line that breaks a rule of its own ends the connection, as a line
+                    // the codec refuses does (below).
+                    Err(error) => {
+                        eprintln!("{name}: {error}; closing the connection");
+                        break Some(error);
+                    }
                 },
                 Some(Err(e)) => match refusal(&e) {
                     Some(error) => {
@@ -679,8 +714,13 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
         };
         match event {
             Event::Message { from, dest, text } => {
-                for name in dest {
-                    deliver(&mut peers, &name, format!("from {from}: {text}"));
+                for (i, name) in dest.iter().enumerate() {
+                    // A name written twice gets the line once. The reader let through at most
+                    // `MAX_DESTINATIONS` names, so this search stays short.
+                    if dest[..i].contains(name) {
+                        continue;
+                    }
+                    deliver(&mut peers, name, format!("from {from}: {text}"));
                 }
             }
             Event::Leave { name, id } => {
@@ -939,6 +979,8 @@ mod tests {
             "a\tb",
             "a\u{1b}[31mb",
             "\0",
+            "\u{202e}lorac",
+            "a\u{2066}b",
         ] {
             assert_eq!(parse_login(bad), None, "{bad:?} should be refused");
         }
@@ -948,6 +990,43 @@ mod tests {
         assert_eq!(parse_login(&"é".repeat(17)), None);
         assert_eq!(parse_login(&"x".repeat(32)), Some("x".repeat(32)));
         assert_eq!(parse_login("bob smith"), Some("bob smith".to_string()));
+    }
+
+    /// A message line with a control character (tab excepted) or a bidirectional embedding,
+    /// override or isolate anywhere in it is refused, and so is one that lists more than
+    /// `MAX_DESTINATIONS` names; ordinary Unicode and tabs pass unchanged.
+    #[test]
+    fn message_rules() {
+        for bad in [
+            "bob: hi\rfrom carol: I am carol",
+            "bob: \u{1b}]0;pwned\u{7}",
+            "bob: \u{1b}[2K",
+            "bob: a\0b",
+            "bob: a\u{7f}",
+            "bob: \u{9b}2J",
+            "bob: \u{202e}olleh",
+            "bob: \u{2066}x",
+            "bob: trailing form feed\u{c}",
+            "b\u{1b}ob: in a name",
+            "no colon \u{1b}",
+        ] {
+            assert_eq!(accept_message(bad), Err(CONTROL_CHARACTER), "{bad:?}");
+        }
+        assert_eq!(accept_message("bob: a\tb"), Ok(msg(&["bob"], "a\tb")));
+        let unicode = "café 日本語 🦀 👩\u{200d}💻 שלום \u{200e}";
+        assert_eq!(
+            accept_message(&format!("bob: {unicode}")),
+            Ok(msg(&["bob"], unicode))
+        );
+        assert_eq!(accept_message("no colon"), Ok(None));
+        let names = |n: usize| vec!["bob"; n].join(",");
+        let most = format!("{}: x", names(MAX_DESTINATIONS));
+        assert_eq!(
+            accept_message(&most).map(|m| m.map(|m| m.dest.len())),
+            Ok(Some(MAX_DESTINATIONS))
+        );
+        let too_many = format!("{}: x", names(MAX_DESTINATIONS + 1));
+        assert_eq!(accept_message(&too_many), Err(TOO_MANY_DESTINATIONS));
     }
 
     /// What the codec reports maps to the right error line; a failing connection maps to none.

@@ -77,6 +77,11 @@ impl Default for Config {
 /// The longest name a client may log in with, in bytes.
 pub const MAX_NAME_LEN: usize = 32;
 
+/// The most names one message line may list, counted as written (a name written twice counts
+/// twice). A line that lists more gets `error: too many destinations` and the connection is
+/// closed.
+pub const MAX_DESTINATIONS: usize = 32;
+
 /// How long the accept loop waits after `accept` failed before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -132,6 +137,8 @@ const INVALID_NAME: &str = "error: invalid name";
 const NAME_TAKEN: &str = "error: name taken";
 const LOGIN_TIMED_OUT: &str = "error: login timed out";
 const SERVER_FULL: &str = "error: server full";
+const CONTROL_CHARACTER: &str = "error: control character";
+const TOO_MANY_DESTINATIONS: &str = "error: too many destinations";
 
 /// The line to send a client whose input broke a rule, or `None` when the error is not the
 /// client's fault to be told about (the connection failed: nobody is there to read it).
@@ -386,16 +393,27 @@ pub struct Message {
     pub text: String,
 }
 
+// ANCHOR: unsafe_char
+/// Whether a terminal would obey `c` rather than show it. Control characters (C0, DEL and C1:
+/// what `char::is_control` says) move the cursor, erase, and start escape sequences; Unicode's
+/// bidirectional embeddings, overrides and isolates (U+202A to U+202E, U+2066 to U+2069)
+/// reorder what follows them on the line. A name may contain none of them; a message may
+/// contain a tab, which only moves the cursor forward.
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+// ANCHOR_END: unsafe_char
+
 // ANCHOR: validate_name
 /// Parses the first line a client sends: its login name, trimmed. `None` unless it is a valid
 /// name: not empty, at most [`MAX_NAME_LEN`] bytes, and without `,` or `:` (which separate
-/// names in a message line) or control characters (which could forge lines in a log or a
-/// terminal).
+/// names in a message line) or characters that [`is_unsafe`] refuses (which could forge lines
+/// in a log or a terminal).
 pub fn parse_login(line: &str) -> Option<String> {
     let name = line.trim();
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && !name.chars().any(|c| c == ',' || c == ':' || c.is_control());
+        && !name.chars().any(|c| c == ',' || c == ':' || is_unsafe(c));
     valid.then(|| name.to_string())
 }
 // ANCHOR_END: validate_name
@@ -695,7 +713,7 @@ where
     // For the login line, `LinesCodec` splits the byte stream at `\n` (dropping a `\r` before
     // it) and checks that the line is UTF-8. With a maximum it never buffers more than
     // `max_line_len` bytes of one line: past that, it reports `MaxLineLengthExceeded`. (After
-    // the login, `take_lines` checks the same two rules.)
+    // the login, `take_lines` checks the same two rules, and those of message lines.)
     // ANCHOR: read_buffer
     // The buffer starts at `READ_BUFFER` bytes instead of `FramedRead::new`'s 8 KiB: an idle
     // client costs that much. It grows to hold a long line, and a client that sends in bulk
@@ -868,16 +886,22 @@ where
 // ANCHOR: take_lines
 /// Takes the complete lines off the front of `buffer`, as one `String` of lines each ending
 /// in `\n`, and says which rule the next line broke, if one did: longer than
-/// `max_line_len` (a line still without its `\n` counts too), or not UTF-8. The lines
-/// before a broken one are returned; the broken one and what follows stay in `buffer`.
+/// `max_line_len` (a line still without its `\n` counts too), not UTF-8, or one of
+/// [`line_refusal`]'s. The lines before a broken one are returned; the broken one and what
+/// follows go nowhere.
 fn take_lines(buffer: &mut Vec<u8>, max_line_len: usize) -> (Option<String>, Option<&'static str>) {
     let mut end = 0;
     let mut broken = None;
+    // Whether a line has as many commas as a line may list names: only such a line can list
+    // too many (see `first_refused`).
+    let mut crowded = false;
     while let Some(newline) = buffer[end..].iter().position(|&b| b == b'\n') {
         if newline > max_line_len {
             broken = Some(LINE_TOO_LONG);
             break;
         }
+        let line = &buffer[end..end + newline];
+        crowded |= line.iter().filter(|&&b| b == b',').count() >= MAX_DESTINATIONS;
         end += newline + 1;
     }
     if broken.is_none() && buffer.len() - end > max_line_len {
@@ -889,7 +913,7 @@ fn take_lines(buffer: &mut Vec<u8>, max_line_len: usize) -> (Option<String>, Opt
     // The partial line stays; the complete ones leave, with the buffer's capacity.
     let rest = buffer.split_off(end);
     let complete = std::mem::replace(buffer, rest);
-    match String::from_utf8(complete) {
+    let (lines, broken) = match String::from_utf8(complete) {
         Ok(lines) => (Some(lines), broken),
         Err(e) => {
             // Keep the lines before the one with the bad bytes.
@@ -904,9 +928,69 @@ fn take_lines(buffer: &mut Vec<u8>, max_line_len: usize) -> (Option<String>, Opt
             let lines = String::from_utf8(bytes).ok().filter(|l| !l.is_empty());
             (lines, Some(INVALID_UTF8))
         }
+    };
+    // A line that breaks a rule of message lines comes before any line refused above, so its
+    // refusal is the one the client gets, and it goes nowhere.
+    let Some(mut lines) = lines else {
+        return (None, broken);
+    };
+    match first_refused(&lines, crowded) {
+        Some((start, error)) => {
+            lines.truncate(start);
+            (Some(lines).filter(|l| !l.is_empty()), Some(error))
+        }
+        None => (Some(lines), broken),
     }
 }
 // ANCHOR_END: take_lines
+
+// ANCHOR: message_rules
+/// The first of `lines` (each ending in `\n`) that breaks a rule of message lines, if one
+/// does: where it starts, and its refusal. `crowded` says whether a line has at least
+/// [`MAX_DESTINATIONS`] commas.
+fn first_refused(lines: &str, crowded: bool) -> Option<(usize, &'static str)> {
+    // Every character `is_unsafe` refuses starts with a byte below 0x20 (`\n` aside), 0x7f
+    // (DEL), 0xc2 (the C1 controls) or 0xe2 (the bidirectional ones). One pass over all the
+    // lines, with no early exit so that it runs as a vector loop, finds whether any byte
+    // does. Mostly none does, and no line is crowded: then no line needs a closer look.
+    let suspect = lines.bytes().fold(false, |found, b| {
+        found | ((b < 0x20) & (b != b'\n')) | (b == 0x7f) | (b == 0xc2) | (b == 0xe2)
+    });
+    if !suspect && !crowded {
+        return None;
+    }
+    let mut start = 0;
+    for line in lines.split_inclusive('\n') {
+        // The ending the broker drops (`str::lines`): `\n`, and a `\r` before it.
+        let bare = line.strip_suffix('\n').unwrap_or(line);
+        let bare = bare.strip_suffix('\r').unwrap_or(bare);
+        if let Some(error) = line_refusal(bare, suspect) {
+            return Some((start, error));
+        }
+        start += line.len();
+    }
+    None
+}
+
+/// The refusal for a message line that breaks a rule of its own: a character [`is_unsafe`]
+/// refuses but tab, anywhere in the line (the text goes to other people's terminals), or more
+/// than [`MAX_DESTINATIONS`] names. `suspect` says whether it may hold such a character.
+fn line_refusal(line: &str, suspect: bool) -> Option<&'static str> {
+    if suspect && line.chars().any(|c| c != '\t' && is_unsafe(c)) {
+        return Some(CONTROL_CHARACTER);
+    }
+    let (dest, _text) = line.split_once(':')?;
+    // More names than the limit take a comma each and a byte each at least: a shorter list,
+    // or one with fewer commas, has no more names than the limit. Most lines stop here.
+    if dest.len() > 2 * MAX_DESTINATIONS
+        && dest.bytes().filter(|&b| b == b',').count() >= MAX_DESTINATIONS
+        && destinations(dest).nth(MAX_DESTINATIONS).is_some()
+    {
+        return Some(TOO_MANY_DESTINATIONS);
+    }
+    None
+}
+// ANCHOR_END: message_rules
 
 /// Sending to the broker fails only if it is gone, which cannot happen while we hold a sender
 /// unless it panicked; then the error ends this connection and is logged. (The event itself,
@@ -1032,6 +1116,8 @@ struct Peer {
     queue: PeerQueue,
     /// Cancelling it ends the peer's reader and writer at once.
     close: CancellationToken,
+    /// The number of the last line queued for this peer (see [`deliver`]).
+    last_line: u64,
 }
 
 /// Owns the map from names to peers, routes messages, and removes a peer when its writer ends
@@ -1044,6 +1130,8 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
     let mut peers: HashMap<String, Peer> = HashMap::new();
     // Writers send `(name, id, receiver)` here when they end.
     let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
+    // The number of the last line routed (see `deliver`).
+    let mut line_number: u64 = 0;
 
     loop {
         let event = tokio::select! {
@@ -1073,8 +1161,11 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                 for line in lines.lines() {
                     match split_message(line) {
                         Some((dest, text)) => {
+                            // Each line routed gets a number, so that a peer named twice in it
+                            // can tell it already has it.
+                            line_number += 1;
                             for name in destinations(dest) {
-                                deliver(&mut peers, name, &from, text);
+                                deliver(&mut peers, name, line_number, &from, text);
                             }
                         }
                         None => eprintln!("{from}: ignored a line without ':'"),
@@ -1111,6 +1202,8 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                         id,
                         queue,
                         close: close.clone(),
+                        // Lines are numbered from 1.
+                        last_line: 0,
                     });
                     // If the reader is gone, so is its end of `reader_gone`: the writer we
                     // start sees that and ends at once.
@@ -1140,17 +1233,23 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 }
 
 // ANCHOR: slow_consumer
-/// Queues `from NAME: text` for the peer called `name`, if it is connected, without ever
-/// waiting.
+/// Queues `from NAME: text` for the peer called `name`, if it is connected and line number
+/// `line` is not queued for it yet, without ever waiting.
 ///
 /// The policy for a slow consumer: a peer whose queue cannot take the line within its
 /// `peer_queue_bytes` has fallen too far behind. It is disconnected at once and told nothing
 /// more (anything we wrote would wait behind the lines it is not reading). Its name is free
 /// again right away.
-fn deliver(peers: &mut HashMap<String, Peer>, name: &str, from: &str, text: &str) {
-    let Some(peer) = peers.get(name) else {
+fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: u64, from: &str, text: &str) {
+    let Some(peer) = peers.get_mut(name) else {
         return;
     };
+    // A name written twice in one line: the line is queued for this peer already. (No search
+    // through the names before it, as step 06 does: the peer remembers.)
+    if peer.last_line == line {
+        return;
+    }
+    peer.last_line = line;
     match peer.queue.push(from, text) {
         Ok(()) => {}
         Err(TrySendError::Full(())) => {
@@ -1625,6 +1724,47 @@ mod tests {
         );
         let mut buffer = b"\xffa: 1\n".to_vec();
         assert_eq!(take_lines(&mut buffer, 10), (None, Some(INVALID_UTF8)));
+    }
+
+    /// A line with a control character (tab excepted) or a bidirectional embedding, override
+    /// or isolate, or with more than `MAX_DESTINATIONS` names, is refused by `take_lines`: the
+    /// lines before it are taken, it and the rest go nowhere, and its refusal wins over that of
+    /// a later line. Ordinary Unicode, tabs and CRLF endings pass.
+    #[test]
+    fn take_lines_applies_the_message_rules() {
+        let take = |bytes: &[u8]| take_lines(&mut bytes.to_vec(), 4096);
+        for bad in [
+            "bob: hi\rfrom carol: I am carol",
+            "bob: \u{1b}]0;pwned\u{7}",
+            "bob: \u{1b}[2K",
+            "bob: a\0b",
+            "bob: a\u{7f}",
+            "bob: \u{9b}2J",
+            "bob: \u{202e}olleh",
+            "bob: \u{2066}x",
+            "bob: trailing form feed\u{c}",
+            "b\u{1b}ob: in a name",
+            "no colon \u{1b}",
+        ] {
+            assert_eq!(
+                take(&[format!("a: 1\n{bad}\n").as_bytes(), b"b: \xff\n"].concat()),
+                (Some("a: 1\n".to_string()), Some(CONTROL_CHARACTER)),
+                "{bad:?}"
+            );
+        }
+        let good = "bob: a\tb café 日本語 🦀 👩\u{200d}💻 שלום \u{200e} ’quoted’\r\nno colon\n";
+        assert_eq!(take(good.as_bytes()), (Some(good.to_string()), None));
+        let names = |n: usize| vec!["bob"; n].join(" , ");
+        let most = format!("{}: x\n", names(MAX_DESTINATIONS));
+        assert_eq!(take(most.as_bytes()), (Some(most.clone()), None));
+        let too_many = format!("{most}{}: x\nbob: after\n", names(MAX_DESTINATIONS + 1));
+        assert_eq!(
+            take(too_many.as_bytes()),
+            (Some(most), Some(TOO_MANY_DESTINATIONS))
+        );
+        // Empty names are not names: commas alone do not count.
+        let commas = format!("bob{}: x\n", ",".repeat(2 * MAX_DESTINATIONS));
+        assert_eq!(take(commas.as_bytes()), (Some(commas.clone()), None));
     }
 
     /// A sink that records each write it is given, and takes all of it.

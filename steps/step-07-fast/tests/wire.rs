@@ -283,3 +283,40 @@ async fn shutdown_at_connection_limit() {
     }
     server.finished().await;
 }
+
+/// A message line with a control character (tab excepted) or a bidirectional override never
+/// reaches a recipient: the sender gets `error: control character` and is closed.
+#[tokio::test]
+async fn refuses_control_characters() {
+    let server = testkit::start(step_07::run).await;
+    scenarios::refuses_control_characters(server.addr()).await;
+}
+
+/// Ordinary Unicode (accents, CJK, emoji, right-to-left scripts) and tabs arrive byte for byte.
+#[tokio::test]
+async fn delivers_unicode_unchanged() {
+    let server = testkit::start(step_07::run).await;
+    scenarios::delivers_unicode_unchanged(server.addr()).await;
+}
+
+/// A destination named several times in one line receives the line once.
+#[tokio::test]
+async fn delivers_once_per_named_destination() {
+    let server = testkit::start(step_07::run).await;
+    scenarios::delivers_once_per_named_destination(server.addr()).await;
+}
+
+/// A line may list 32 names; one more gets `error: too many destinations` and a close.
+#[tokio::test]
+async fn refuses_too_many_destinations() {
+    let server = testkit::start(step_07::run).await;
+    scenarios::refuses_too_many_destinations(server.addr(), step_07::MAX_DESTINATIONS).await;
+}
+
+/// bob, reading at full speed, stays connected through alice's amplified flood (200 lines of
+/// 4 KiB naming him a thousand times each) and still gets carol's next line.
+#[tokio::test]
+async fn amplified_flood_spares_the_reader() {
+    let server = testkit::start(step_07::run).await;
+    scenarios::amplified_flood_spares_the_reader(server.addr(), step_07::MAX_DESTINATIONS).await;
+}
