@@ -3,7 +3,8 @@
 //!
 //! Checked on every page: no raw `{{#` (a directive mdBook left unexpanded), no empty code block
 //! (a missing anchor renders as one), every image loaded (SVG diagrams included), every link
-//! inside the book pointing to a page and an id that exist. Then the search box must find
+//! inside the book pointing to a page and an id that exist, no code block wider than its box
+//! at the 1280 px window (a reader would scroll sideways). Then the search box must find
 //! `CancellationToken`. Screenshots of two chapters are saved for a person to look at.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +46,17 @@ document.querySelectorAll('pre code').forEach((c, k) => {
   shown.querySelectorAll('.boring').forEach(b => b.remove());
   if (shown.textContent.trim() === '') emptyCode.push('code block ' + (k + 1) + ' ' + where(c));
 });
+// A code block wider than its box makes the reader scroll sideways (and hides the end of
+// long comments). Folded blocks (`<details>`) are measured too: they are opened for this.
+document.querySelectorAll('details').forEach(d => d.open = true);
+const wideCode = [];
+document.querySelectorAll('pre code').forEach((c, k) => {
+  if (c.scrollWidth > c.clientWidth + 1) {
+    const line = c.textContent.split('\n').reduce((a, b) => (b.length > a.length ? b : a), '');
+    wideCode.push('code block ' + (k + 1) + ' ' + where(c) + ' is ' + c.scrollWidth +
+      ' px wide in a box of ' + c.clientWidth + ' px; its longest line: ' + line.trim().slice(0, 60));
+  }
+});
 const images = [...document.images].map(img => ({
   src: img.getAttribute('src') || '',
   complete: img.complete,
@@ -58,7 +70,7 @@ const links = [...document.querySelectorAll('a[href]')].map(a => ({
 }));
 const ids = [...document.querySelectorAll('[id]')].map(e => e.id)
   .concat([...document.querySelectorAll('a[name]')].map(e => e.getAttribute('name')));
-return { title: document.title, raw, emptyCode, images, links, ids, codeBlocks: document.querySelectorAll('pre code').length };
+return { title: document.title, raw, emptyCode, wideCode, images, links, ids, codeBlocks: document.querySelectorAll('pre code').length };
 "#;
 
 /// One problem, named by page and element.
@@ -170,6 +182,12 @@ pub fn check(book_html_dir: &Path, out_dir: &Path) -> Result<()> {
             problems.push(problem(
                 page,
                 format!("empty {}", c.as_str().unwrap_or("code block")),
+            ));
+        }
+        for c in audit["wideCode"].as_array().into_iter().flatten() {
+            problems.push(problem(
+                page,
+                c.as_str().unwrap_or("code block").to_string(),
             ));
         }
         code_count += audit["codeBlocks"].as_u64().unwrap_or(0);
@@ -426,8 +444,9 @@ mod tests {
         );
     }
 
-    /// A book with a raw directive, an empty code block, a broken image, a dead link and a
-    /// missing fragment (and no search) fails, naming each; what is fine is not reported.
+    /// A book with a raw directive, an empty code block, a code block wider than its box, a
+    /// broken image, a dead link and a missing fragment (and no search) fails, naming each;
+    /// what is fine is not reported.
     /// Needs Chromium and chromedriver: outside CI it says so and does nothing when they are
     /// missing; under CI (where `cargo xtask ci` installs them before the tests) it fails.
     #[test]
@@ -465,10 +484,13 @@ mod tests {
             <pre class="playground"><code class="language-rust"><span class="boring">fn main() {
 </span>let x = 1;
 <span class="boring">}</span></code></pre>
+            <pre><code style="display: block; overflow-x: auto; width: 300px">let fine = 1;</code></pre>
+            <pre><code style="display: block; overflow-x: auto; width: 300px">let too_wide = "WIDE";</code></pre>
             <p>{{#include ../steps/missing.rs:anchor}}</p>
             <h2 id="pics">Pictures</h2>
             <img src="ok.svg" alt="fine"><img src="diagrams/missing.svg" alt="broken">
-            </main></body></html>"##,
+            </main></body></html>"##
+                .replace("WIDE", &"x".repeat(200)),
         )
         .unwrap();
         std::fs::write(
@@ -487,6 +509,7 @@ mod tests {
             "index.html: link \"dead anchor\" (good.html#nowhere) points to #nowhere, which good.html does not have",
             "index.html: requested /diagrams/missing.svg, which the book does not have (404)",
             "index.html: search: the page has no search button",
+            "index.html: code block 6 under \"Code\" is ",
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }
@@ -497,13 +520,14 @@ mod tests {
             "external",
             "code block 1 ",
             "code block 4",
+            "code block 5",
         ] {
             assert!(!e.contains(fine), "{fine} was reported but is fine:\n{e}");
         }
         assert_eq!(
             e.matches("\n  ").count(),
-            8,
-            "exactly the eight problems:\n{e}"
+            9,
+            "exactly the nine problems:\n{e}"
         );
         // No browser outlives the check.
         let profile_marker = "xtask-chromium-";

@@ -282,8 +282,9 @@ Options:
 DURATION is a whole number with a unit: 250ms, 10s, 2m.
 
 SIGINT (Ctrl-C) or SIGTERM starts a graceful shutdown; a second one exits at once.
-Exit codes: {EXIT_CLEAN} clean shutdown; {EXIT_FAILED} failed to start or failed; {EXIT_USAGE} bad command line;
-{EXIT_GRACE_EXPIRED} grace period over, connections closed; 130/143 second SIGINT/SIGTERM.
+Exit codes: {EXIT_CLEAN} clean shutdown; {EXIT_FAILED} failed to start or failed;
+{EXIT_USAGE} bad command line; {EXIT_GRACE_EXPIRED} grace period over, connections closed;
+130/143 second SIGINT/SIGTERM.
 ",
         d.max_line_len,
         d.login_timeout.as_secs(),
