@@ -608,7 +608,8 @@ pub fn skeleton(root: &Path, step: &Step, previous: Option<&Step>) -> Result<Str
     s.push_str("## What is still wrong\n\n_This section is being written._\n\n");
     if previous.is_some() {
         s.push_str(&format!(
-            "## Changes since the previous step\n\n{{{{#include generated/step-{:02}-changes.md}}}}\n\n",
+            "## Changes since the previous step\n\n_Five to ten lines: what a reader will find \
+             in the diff._\n\n{{{{#include generated/step-{:02}-changes.md}}}}\n\n",
             step.number
         ));
     }

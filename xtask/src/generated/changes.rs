@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use similar::TextDiff;
+use similar::{ChangeTag, TextDiff};
 
 use super::{File, banner, step_file};
 use crate::workspace::{self, Step};
@@ -63,8 +63,11 @@ fn render(root: &Path, old: &Step, new: &Step) -> Result<String> {
     names.sort();
     names.dedup();
 
-    let mut out = banner("cargo xtask gen");
-    out.push_str(&format!(
+    // The diff is long (thousands of words for the later steps): the chapter summarises it
+    // above, and the full text stays folded until a reader opens it.
+    let mut body = String::new();
+    let (mut added, mut removed, mut files) = (0, 0, 0);
+    body.push_str(&format!(
         "\nWhat changed in `src/` from step {:02} (`{}`) to step {:02} (`{}`). Lines starting \
          with `-` were removed, lines starting with `+` were added; anchor comments are left \
          out.\n",
@@ -79,9 +82,10 @@ fn render(root: &Path, old: &Step, new: &Step) -> Result<String> {
         let (a, b) = (find(&before), find(&after));
         let shown = name.display().to_string();
         if a == b {
-            out.push_str(&format!("\n`{shown}` is unchanged.\n"));
+            body.push_str(&format!("\n`{shown}` is unchanged.\n"));
             continue;
         }
+        files += 1;
         let a_label = match &a {
             Some(_) => format!("{}/{shown}", old.rel_dir().display()),
             None => "/dev/null".to_string(),
@@ -92,6 +96,13 @@ fn render(root: &Path, old: &Step, new: &Step) -> Result<String> {
         };
         let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
         let diff = TextDiff::from_lines(&a, &b);
+        for change in diff.iter_all_changes() {
+            match change.tag() {
+                ChangeTag::Insert => added += 1,
+                ChangeTag::Delete => removed += 1,
+                ChangeTag::Equal => {}
+            }
+        }
         let text = diff
             .unified_diff()
             .context_radius(3)
@@ -105,12 +116,22 @@ fn render(root: &Path, old: &Step, new: &Step) -> Result<String> {
             "changed"
         };
         let fence = fence_for(&text);
-        out.push_str(&format!("\n`{shown}` {what}:\n\n{fence}diff\n{text}"));
+        body.push_str(&format!("\n`{shown}` {what}:\n\n{fence}diff\n{text}"));
         if !text.ends_with('\n') {
-            out.push('\n');
+            body.push('\n');
         }
-        out.push_str(&format!("{fence}\n"));
+        body.push_str(&format!("{fence}\n"));
     }
+    let files = if files == 1 {
+        "1 file".to_string()
+    } else {
+        format!("{files} files")
+    };
+    let mut out = banner("cargo xtask gen");
+    out.push_str(&format!(
+        "\n<details>\n<summary>The full diff: {added} lines added, {removed} removed, in \
+         {files}</summary>\n{body}\n</details>\n"
+    ));
     Ok(out)
 }
 
