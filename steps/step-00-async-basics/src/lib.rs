@@ -6,6 +6,12 @@
 //! The snippets under `src/refused/` are programs the compiler refuses. They are not modules:
 //! each is a `compile_fail` doctest below, marked with the error code rustc gives.
 //!
+//! An `async fn main` without a runtime:
+//!
+//! ```compile_fail,E0752
+#![doc = include_str!("refused/async_main.rs")]
+//! ```
+//!
 //! A borrowed local in a spawned task (the task may outlive the function):
 //!
 //! ```compile_fail,E0373
@@ -28,6 +34,12 @@
 //!
 //! ```compile_fail,E0277
 #![doc = include_str!("refused/unpinned_by_reference.rs")]
+//! ```
+//!
+//! Nor can a future made by an `async` block:
+//!
+//! ```compile_fail,E0277
+#![doc = include_str!("refused/async_block_by_reference.rs")]
 //! ```
 
 use std::future::Future;

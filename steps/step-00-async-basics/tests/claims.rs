@@ -14,6 +14,7 @@ use step_00::{
     count_from_tasks, greet_in_task, in_tasks, job, off_the_runtime, one_after_the_other, race,
     with_deadline,
 };
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::time::{Instant, sleep};
 
 /// One unit of work in the timing tests: one second of the paused clock.
@@ -62,6 +63,38 @@ async fn a_future_does_nothing_until_awaited() {
 fn block_on_runs_a_future_to_its_output() {
     let name = block_on_by_hand(job("by hand", 10)).expect("the runtime builds");
     assert_eq!(name, "by hand");
+}
+
+/// The runtime `block_on_by_hand` builds, like the one `#[tokio::main]` builds, is the
+/// multi-thread runtime with one worker per CPU core.
+#[test]
+fn tokio_main_is_multi_thread() {
+    #[tokio::main]
+    async fn what_main_gets() -> (RuntimeFlavor, usize) {
+        let runtime = Handle::current();
+        (runtime.runtime_flavor(), runtime.metrics().num_workers())
+    }
+    let (flavor, workers) = what_main_gets();
+    assert_eq!(flavor, RuntimeFlavor::MultiThread);
+    // `TOKIO_WORKER_THREADS` in the environment sets another count; by default, one per core.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(workers, cores);
+    }
+    let by_hand = block_on_by_hand(async {
+        let runtime = Handle::current();
+        (runtime.runtime_flavor(), runtime.metrics().num_workers())
+    });
+    assert_eq!(by_hand.expect("the runtime builds"), what_main_gets());
+}
+
+/// `#[tokio::test]` builds a single-thread runtime: the tests below can tell what runs when.
+#[tokio::test]
+async fn tokio_test_is_single_threaded() {
+    assert_eq!(
+        Handle::current().runtime_flavor(),
+        RuntimeFlavor::CurrentThread
+    );
 }
 
 // ANCHOR: poll_test
@@ -176,6 +209,32 @@ async fn select_drops_the_losing_branch() {
     assert_eq!(race(UNIT).await, "fast");
 }
 // ANCHOR_END: select_test
+
+/// When several branches are ready, `select!` picks one at random; with `biased;` it takes
+/// the first that is ready, in the order written.
+#[tokio::test]
+async fn select_picks_at_random_unless_biased() {
+    let mut first_won = 0;
+    for _ in 0..100 {
+        tokio::select! {
+            () = std::future::ready(()) => first_won += 1,
+            () = std::future::ready(()) => {}
+        }
+    }
+    // The chance that a fair coin lands the same way 100 times is 2^-99.
+    assert!(
+        0 < first_won && first_won < 100,
+        "the first branch won {first_won} of 100"
+    );
+    for _ in 0..100 {
+        let winner = tokio::select! {
+            biased;
+            () = std::future::ready(()) => "first",
+            () = std::future::ready(()) => "second",
+        };
+        assert_eq!(winner, "first");
+    }
+}
 
 /// A timeout is a race against a timer: a 2 s job under a 0.5 s limit gives up at 0.5 s and is
 /// dropped; a 1 s job under a 2 s limit finishes; `pending()` never does.
