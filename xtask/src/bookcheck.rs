@@ -657,13 +657,23 @@ pub fn new_chapter(root: &Path, dir: &str) -> Result<()> {
             })
             .map(|(line, _)| *line)
             .max();
-        let Some(after) = after else {
+        // With no earlier step chapter (a new step 00), it goes before the first one.
+        let first = || {
+            summary_links(&summary).iter().find_map(|(line, t)| {
+                let is_step = t
+                    .strip_suffix(".md")
+                    .and_then(workspace::step_number)
+                    .is_some();
+                is_step.then(|| line - 1)
+            })
+        };
+        let Some(at) = after.or_else(first) else {
             bail!(
-                "SUMMARY.md has no earlier step chapter to put it after; add `{}` by hand",
+                "SUMMARY.md lists no step chapter to put it next to; add `{}` by hand",
                 summary_entry(step)
             );
         };
-        lines.insert(after, summary_entry(step));
+        lines.insert(at, summary_entry(step));
         fs::write(&summary_path, lines.join("\n") + "\n")?;
         println!("added `{}` to book/SUMMARY.md", summary_entry(step));
     }
@@ -962,6 +972,28 @@ fn end_only() {}
         f.write("book/generated/step-02-changes.md", "changes\n");
         let p = check(f.root()).expect("the checker runs");
         assert!(p.is_empty(), "{p:#?}");
+    }
+
+    /// A new step 00 has no earlier chapter to follow: `new-chapter` lists it before step 01.
+    #[test]
+    fn new_step_00_is_listed_first() {
+        let f = Fixture::new();
+        f.write(
+            "steps/step-00-zero/Cargo.toml",
+            "[package]\nname = \"step-00\"\n",
+        );
+        f.write(
+            "steps/step-00-zero/src/main.rs",
+            "// ANCHOR: main\nfn main() {}\n// ANCHOR_END: main\n",
+        );
+        new_chapter(f.root(), "steps/step-00-zero").expect("new-chapter works");
+        let summary = fs::read_to_string(f.root().join("book/SUMMARY.md")).expect("summary");
+        assert!(
+            summary.contains(
+                "\n- [Step 00: Zero](step-00-zero.md)\n- [Step 01: First](step-01-first.md)\n"
+            ),
+            "{summary}"
+        );
     }
 
     /// The skeleton of a chapter passes the checks it will be held to.

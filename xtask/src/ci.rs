@@ -35,6 +35,10 @@ const STAGES: &[Stage] = &[
         run: test,
     },
     Stage {
+        name: "compile_fail doctests fail with the error codes they name (RUSTC_BOOTSTRAP=1)",
+        run: doctest_codes,
+    },
+    Stage {
         name: "exercise starters compile and fail their checks",
         run: starters_fail,
     },
@@ -117,6 +121,81 @@ fn test(root: &Path) -> Result<()> {
         "--exclude",
         "exercise-*",
     ]))
+}
+
+/// Stable rustdoc checks only that a `compile_fail` doctest fails to compile, not why: one that
+/// fails on a typo or a missing import passes too. Run as nightly (`RUSTC_BOOTSTRAP=1`), it
+/// also checks the error code the doctest names. So every `compile_fail` doctest in a step must
+/// name its code, and the steps that have such doctests run them that way, in a target
+/// directory of their own: the variable changes cargo's fingerprints, and sharing `target/`
+/// would rebuild every dependency now and again at the next stage.
+fn doctest_codes(root: &Path) -> Result<()> {
+    let mut packages = Vec::new();
+    let mut problems = Vec::new();
+    for step in crate::workspace::steps(root)? {
+        let src = root.join(step.rel_dir()).join("src");
+        let mut found = false;
+        for file in crate::workspace::files_with_ext(&src, "rs")? {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let Some(info) = compile_fail_info(line) else {
+                    continue;
+                };
+                found = true;
+                if !names_error_code(info) {
+                    problems.push(format!(
+                        "{}:{}: a `compile_fail` doctest without an error code proves only that \
+                         the snippet fails, not why: write ```compile_fail,E0XXX with the code \
+                         rustc gives",
+                        crate::workspace::rel(root, &file).display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
+        if found {
+            packages.push(step.expected_package());
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    if packages.is_empty() {
+        println!("no step has a compile_fail doctest");
+        return Ok(());
+    }
+    let mut cmd = process::cargo(root);
+    cmd.args(["test", "--doc", "--locked"])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", root.join("target/doctest-codes"));
+    for package in &packages {
+        cmd.args(["-p", package]);
+    }
+    process::run(&mut cmd).context(
+        "a doctest failed; for a `compile_fail` one, rustc's error code is not the one it names \
+         (see \"Some expected error codes were not found\" above)",
+    )
+}
+
+/// The info string of a doc-comment line that opens a `compile_fail` code block.
+fn compile_fail_info(line: &str) -> Option<&str> {
+    let text = line.trim_start();
+    let text = text
+        .strip_prefix("//!")
+        .or_else(|| text.strip_prefix("///"))?
+        .trim_start();
+    let info = text.strip_prefix("```")?.trim();
+    info.split(',')
+        .any(|word| word.trim() == "compile_fail")
+        .then_some(info)
+}
+
+/// Whether a code block's info string names an error code, such as `E0373`.
+fn names_error_code(info: &str) -> bool {
+    info.split(',').map(str::trim).any(|word| {
+        word.len() == 5 && word.starts_with('E') && word[1..].chars().all(|c| c.is_ascii_digit())
+    })
 }
 
 fn starters_fail(root: &Path) -> Result<()> {
@@ -241,4 +320,30 @@ fn ensure_chromium() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `compile_fail` blocks are found in doc comments, and only a five-character `E` plus
+    /// digits counts as their error code.
+    #[test]
+    fn compile_fail_blocks_and_codes() {
+        assert_eq!(
+            compile_fail_info("//! ```compile_fail,E0373"),
+            Some("compile_fail,E0373")
+        );
+        assert_eq!(
+            compile_fail_info("    /// ```rust,compile_fail"),
+            Some("rust,compile_fail")
+        );
+        assert_eq!(compile_fail_info("//! ```rust"), None);
+        assert_eq!(compile_fail_info("// ```compile_fail"), None);
+        assert!(names_error_code("compile_fail,E0373"));
+        assert!(names_error_code("compile_fail, E0277"));
+        assert!(!names_error_code("compile_fail"));
+        assert!(!names_error_code("compile_fail,E037"));
+        assert!(!names_error_code("compile_fail,edition2024"));
+    }
 }

@@ -13,10 +13,12 @@ use crate::workspace::{self, Step};
 /// `book/generated/step-NN-changes.md`.
 pub const SUFFIX: &str = "-changes";
 
-/// One file per step that has a previous step.
+/// One file per step that has a previous step. Step 00 does not count as one: it is no chat
+/// server, so a diff from it to step 01 would compare two unrelated programs.
 pub fn generate(root: &Path, steps: &[Step]) -> Result<Vec<File>> {
     steps
         .windows(2)
+        .filter(|pair| pair[0].number != 0)
         .map(|pair| {
             Ok(File {
                 path: step_file(&pair[1], SUFFIX),

@@ -52,6 +52,9 @@ const SHOWN_PORT: u16 = 8080;
 pub enum Act {
     /// The server terminal runs the step and waits for `listening on ADDR`.
     Start,
+    /// The terminal runs the step, a program that is not a server (step 00), with no
+    /// arguments; `Exit` then shows what it printed.
+    Run,
     /// A client terminal runs `nc 127.0.0.1 8080`.
     Connect(&'static str),
     /// A client terminal runs the project's client, `cargo run -q -p client -- --name NAME`,
@@ -86,6 +89,10 @@ use Act::*;
 /// The script for a step. Steps past the last scripted one reuse the latest script, so a new
 /// step gets a session without touching this file (its chapter can then ask for a better one).
 pub fn script(number: u32) -> Vec<Act> {
+    // Step 00 is no server: it runs its examples, prints how long each took, and exits.
+    if number == 0 {
+        return vec![Run, Exit];
+    }
     let mut acts = vec![
         Start,
         Connect("alice"),
@@ -97,7 +104,7 @@ pub fn script(number: u32) -> Vec<Act> {
     ];
     match number {
         // Step 01 only logs what it parsed: nothing reaches bob.
-        0 | 1 => acts.extend([
+        1 => acts.extend([
             Type("alice", "bob: hello bob"),
             Log("alice -> bob: hello bob"),
             Type("bob", "alice, carol: hi alice, it is 12:30"),
@@ -271,7 +278,7 @@ pub fn generate(root: &Path, steps: &[Step], twice: bool) -> Result<Vec<File>> {
         let transcript = record_checked(&package, &binaries, &script(step.number), twice)?;
         files.push(File {
             path: step_file(step, SUFFIX),
-            contents: render(&step_intro(&package), &transcript),
+            contents: render(&step_intro(step.number, &package), &transcript),
         });
     }
     if with_client {
@@ -505,6 +512,8 @@ struct Recorder<'a> {
     binaries: &'a Binaries<'a>,
     lines: Vec<Line>,
     server: Option<Process>,
+    /// The label of the step's terminal: `server`, or `step` for a program that is no server.
+    terminal: &'static str,
     port: u16,
     /// Other loopback ports seen in the output (clients' ephemeral ports), in order of
     /// appearance, so they can be shown as stable numbers.
@@ -519,6 +528,7 @@ pub fn record(package: &str, binaries: &Binaries, script: &[Act]) -> Result<Vec<
         binaries,
         lines: Vec::new(),
         server: None,
+        terminal: "server",
         port: 0,
         other_ports: Vec::new(),
         conns: BTreeMap::new(),
@@ -573,6 +583,11 @@ impl Recorder<'_> {
                     .ok_or_else(|| anyhow!("no port in the readiness line `{line}`"))?;
                 self.port = port;
                 self.show_server(line);
+            }
+            Run => {
+                self.server = Some(Process::start(self.binaries.server, &[], false)?);
+                self.terminal = "step";
+                self.show(self.terminal, format!("$ cargo run -q -p {}", self.package));
             }
             Connect(name) => {
                 if self.conns.contains_key(name) {
@@ -704,8 +719,8 @@ impl Recorder<'_> {
                 {
                     self.show_server(line);
                 }
-                self.show("server", "$ echo $?");
-                self.show("server", shell_code(status).to_string());
+                self.show(self.terminal, "$ echo $?");
+                self.show(self.terminal, shell_code(status).to_string());
             }
             Eof(name) => {
                 let conn = self.conn(name)?;
@@ -779,7 +794,7 @@ impl Recorder<'_> {
 
     fn show_server(&mut self, line: String) {
         let line = self.normalize(&line);
-        self.show("server", line);
+        self.show(self.terminal, line);
     }
 
     /// Shows the bound port as 8080 and other loopback ports as 50001, 50002, ... in order of
@@ -830,7 +845,14 @@ fn render_lines(lines: &[Line]) -> String {
 }
 
 /// How to read a step's session.
-fn step_intro(package: &str) -> String {
+fn step_intro(number: u32, package: &str) -> String {
+    if number == 0 {
+        return format!(
+            "One terminal runs the step (`cargo run -q -p {package}`), which prints one line per \
+             way of running the jobs, with the seconds it took, and exits. This session was \
+             recorded from the real binary by `cargo xtask gen`."
+        );
+    }
     format!(
         "One terminal runs the server (`cargo run -q -p {package}`); each of the others runs \
          `nc 127.0.0.1 8080` for one person. Every line is labelled with the terminal it appears \
@@ -882,13 +904,13 @@ mod tests {
         );
     }
 
-    /// Every script starts the server, ends with it gone, and closes every client it opens;
+    /// Every script starts the server (or, for step 00, runs the step), ends with it gone, and closes every client it opens;
     /// every client process it starts, it waits for.
     #[test]
     fn scripts_are_complete() {
-        let scripts = (1..=9).map(|n| (format!("step {n}"), script(n)));
+        let scripts = (0..=9).map(|n| (format!("step {n}"), script(n)));
         for (which, s) in scripts.chain([("the client".to_string(), client_script())]) {
-            assert_eq!(s.first(), Some(&Start), "{which}");
+            assert!(matches!(s.first(), Some(Start | Run)), "{which}");
             assert!(
                 s.contains(&Exit),
                 "{which} never waits for the server to exit"
