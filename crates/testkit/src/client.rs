@@ -94,6 +94,7 @@ impl Client {
     }
 
     fn from_stream(stream: TcpStream, label: &str) -> Client {
+        crate::failure::short_panics();
         let (read, writer) = stream.into_split();
         Client {
             name: label.to_string(),
