@@ -9,6 +9,7 @@ mod bookcheck;
 mod browser;
 mod ci;
 mod diagram;
+mod exercises;
 mod generated;
 mod mdbook;
 mod process;
@@ -38,6 +39,15 @@ const COMMANDS: &[(&str, &str)] = &[
         "new-chapter",
         "new-chapter <steps/dir>: write the skeleton chapter of a new step and list it in \
          SUMMARY.md",
+    ),
+    (
+        "exercises",
+        "exercises [NN...]: run each exercise's check and print a table: gaps left, checks \
+         passing, the next failing check",
+    ),
+    (
+        "watch",
+        "watch NN: rerun exercise NN's check on every save (installs bacon into target/tools)",
     ),
     (
         "ci",
@@ -97,6 +107,8 @@ fn run(args: &[String]) -> Result<ExitCode> {
             return ci::run(&root);
         }
         "bench" => bench::run(&root, rest)?,
+        "exercises" => exercises::table(&root, rest)?,
+        "watch" => exercises::watch(&root, rest)?,
         "help" | "-h" | "--help" => help(),
         other => {
             help();

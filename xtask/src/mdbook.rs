@@ -15,7 +15,7 @@ pub const VERSION: &str = "0.5.4";
 pub const BUILD_DIR: &str = "target/book";
 
 /// Where project tools are installed, relative to the root.
-const TOOLS_DIR: &str = "target/tools";
+pub const TOOLS_DIR: &str = "target/tools";
 
 /// The path of the pinned mdBook, installing it first when it is missing or another version.
 pub fn ensure(root: &Path) -> Result<PathBuf> {

@@ -5,10 +5,12 @@
 //! `todo!()` the server reaches prints a backtrace of some thirty lines of tokio internals, and
 //! the one line that matters (which gap, which behaviour) is lost among a thousand others. So
 //! the test kit prints every panic of a test process as two lines, its place and its message,
-//! and starts server binaries with `RUST_BACKTRACE=0`. `TESTKIT_BACKTRACE=1` restores Rust's
-//! own reports, backtraces included, for whoever needs them.
+//! and starts server binaries with `RUST_BACKTRACE=0` (the workspace's `.cargo/config.toml`
+//! sets it for every process cargo runs, tests without the kit included).
+//! `TESTKIT_BACKTRACE=1` adds the backtraces back, for whoever needs them.
 
-use std::sync::{Once, OnceLock};
+use std::collections::HashSet;
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::Duration;
 
 /// The variable that restores Rust's own panic reports in tests and servers.
@@ -34,14 +36,16 @@ pub const USUAL_CAUSES: &str = "Usual causes: a sender still alive (a clone of t
      tracker, or one that never looks at the shutdown signal (a reader still waiting for a line).";
 
 /// Installs the short panic report for this test process, once. Every testkit entry point
-/// calls it, so a test gets it by using the kit.
-pub(crate) fn short_panics() {
+/// calls it, so a test gets it by using the kit; a test file that does not can call it first.
+///
+/// A panic that repeats (the same place and message in the same thread, as when a property
+/// test shrinks an input that reaches a `todo!()`) is reported once.
+pub fn short_panics() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        if std::env::var_os(BACKTRACE_VAR).is_some_and(|v| v != "0") {
-            return;
-        }
-        std::panic::set_hook(Box::new(|info| {
+        let backtraces = std::env::var_os(BACKTRACE_VAR).is_some_and(|v| v != "0");
+        let seen: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+        std::panic::set_hook(Box::new(move |info| {
             let thread = std::thread::current();
             let name = thread.name().unwrap_or("<unnamed>");
             let place = info
@@ -54,9 +58,23 @@ pub(crate) fn short_panics() {
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(a panic without a message)");
+            let report = format!("panicked in '{name}' at {place}:\n{message}");
+            // A poisoned set (a panic while reporting) only means a report may repeat.
+            let new = seen
+                .lock()
+                .map(|mut seen| seen.insert(report.clone()))
+                .unwrap_or(true);
+            if !new {
+                return;
+            }
             // `eprintln!` goes to the test harness's capture, so the report shows with the
             // failing test (and not at all for a test that expects a panic and passes).
-            eprintln!("panicked in '{name}' at {place}:\n{message}");
+            if backtraces {
+                let trace = std::backtrace::Backtrace::force_capture();
+                eprintln!("{report}\n{trace}");
+            } else {
+                eprintln!("{report}");
+            }
         }));
     });
 }
@@ -95,9 +113,10 @@ pub(crate) async fn shutdown_within<F: Future>(
     } else {
         format!(" (as in `{first}`, whose shutdown hung first)")
     };
+    let waited = started.elapsed().as_secs_f64();
     Err(format!(
-        "{what} was still running {} after it was asked to shut down{also}.\n{USUAL_CAUSES}",
-        format!("{:.1} s", started.elapsed().as_secs_f64()),
+        "{what} was still running {waited:.1} s after it was asked to shut down{also}.\n\
+         {USUAL_CAUSES}"
     ))
 }
 

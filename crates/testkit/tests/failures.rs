@@ -88,3 +88,10 @@ async fn binaries_start_without_backtraces() {
     let line = bin.expect_stderr("RUST_BACKTRACE=").await;
     assert_eq!(line, "RUST_BACKTRACE=0");
 }
+
+/// Cargo runs every test of the workspace with `RUST_BACKTRACE=0`, even when the shell set
+/// it to 1 (`.cargo/config.toml`), so a test without the kit reports a panic in a few lines.
+#[test]
+fn cargo_runs_tests_without_backtraces() {
+    assert_eq!(std::env::var("RUST_BACKTRACE").as_deref(), Ok("0"));
+}
