@@ -223,13 +223,7 @@ fn ensure_bacon(root: &Path) -> Result<std::path::PathBuf> {
         "installing bacon {BACON_VERSION} into {} (once, a few minutes)",
         crate::mdbook::TOOLS_DIR
     );
-    let mut install = process::cargo(root);
-    install
-        .args(["install", "bacon", "--locked", "--force", "--quiet"])
-        .args(["--version", BACON_VERSION])
-        .arg("--root")
-        .arg(&tools);
-    process::run(&mut install).context("installing bacon")?;
+    process::cargo_install(root, "bacon", BACON_VERSION, &tools).context("installing bacon")?;
     Ok(bin)
 }
 

@@ -27,19 +27,7 @@ pub fn ensure(root: &Path) -> Result<PathBuf> {
         None => println!("mdBook {VERSION} is not installed yet; installing it into {TOOLS_DIR}"),
     }
     println!("(this compiles mdBook once, a few minutes; later runs reuse it)");
-    let mut install = process::cargo(root);
-    install
-        .args([
-            "install",
-            "mdbook",
-            "--locked",
-            "--force",
-            "--version",
-            VERSION,
-        ])
-        .arg("--root")
-        .arg(&tools);
-    process::run(&mut install).context("installing mdBook")?;
+    process::cargo_install(root, "mdbook", VERSION, &tools).context("installing mdBook")?;
     match installed_version(&bin) {
         Some(v) if v == VERSION => Ok(bin),
         other => bail!(
