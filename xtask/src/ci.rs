@@ -178,7 +178,7 @@ fn browser(root: &Path) -> Result<()> {
     }
     ensure_chromium()?;
     let out = root.join("target/browser-check");
-    browser::check(&html, &out)?;
+    browser::check(&html, &out, &mdbook::site_path(root)?)?;
     println!("screenshots in {}", workspace_rel(root, &out));
     Ok(())
 }

@@ -49,6 +49,18 @@ fn installed_version(bin: &Path) -> Option<String> {
     Some(version.trim_start_matches('v').to_string())
 }
 
+/// The path part of `site-url` in `book.toml` (`/a-chat/`), or `/` when it sets none.
+pub fn site_path(root: &Path) -> Result<String> {
+    let path = root.join("book.toml");
+    let toml =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let value = toml.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "site-url").then(|| value.trim().trim_matches('"').to_string())
+    });
+    Ok(value.unwrap_or_else(|| "/".to_string()))
+}
+
 /// `cargo xtask book`: serve the book with live reload, as a reader or an author wants it.
 pub fn serve(root: &Path) -> Result<()> {
     let bin = ensure(root)?;
