@@ -11,6 +11,7 @@ mod ci;
 mod diagram;
 mod exercises;
 mod generated;
+mod lint;
 mod mdbook;
 mod process;
 mod starters;
@@ -51,7 +52,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "ci",
-        "run every check: fmt, clippy, tests, book checks, generated files, mdbook build, browser",
+        "run every check: fmt, clippy, tests, starters, book checks, spelling, workflows, \
+         generated files, mdbook build, browser",
     ),
     (
         "bench",
