@@ -207,6 +207,13 @@ pub fn check(book_html_dir: &Path, out_dir: &Path, site_path: &str) -> Result<()
             let Some(rest) = href.strip_prefix(&format!("{origin}/")) else {
                 continue; // Outside the book (another site, mailto:, javascript:): not ours.
             };
+            // The 404 page's links go through the site path, where the server serves the
+            // book too.
+            let site_dir = site_path.trim_matches('/');
+            let rest = match rest.strip_prefix(site_dir) {
+                Some(inside) if !site_dir.is_empty() && inside.starts_with('/') => &inside[1..],
+                _ => rest,
+            };
             // mdBook gives 404.html a `<base href>` of the site root, so its headings'
             // self-links resolve against index.html. That is mdBook's page, not ours.
             if page == "404.html" && link["raw"].as_str().is_some_and(|r| r.starts_with('#')) {

@@ -103,16 +103,7 @@ pub(crate) async fn shutdown_within<F: Future>(
         () = tokio::time::sleep(limit) => None,
         first = another_hung() => Some(first),
     };
-    let me = std::thread::current()
-        .name()
-        .unwrap_or("another test")
-        .to_string();
-    let first = first.unwrap_or_else(|| HUNG.get_or_init(|| me.clone()).clone());
-    let also = if first == me {
-        String::new()
-    } else {
-        format!(" (as in `{first}`, whose shutdown hung first)")
-    };
+    let also = as_in(first.unwrap_or_else(record_hang));
     let waited = started.elapsed().as_secs_f64();
     Err(format!(
         "{what} was still running {waited:.1} s after it was asked to shut down{also}.\n\
@@ -120,9 +111,33 @@ pub(crate) async fn shutdown_within<F: Future>(
     ))
 }
 
+/// Records that a shutdown hung in the current test, unless one already did in this process,
+/// and returns the name of the test where the first one hung.
+pub(crate) fn record_hang() -> String {
+    let me = current_test();
+    HUNG.get_or_init(|| me).clone()
+}
+
+/// ` (as in `first`, whose shutdown hung first)`, or nothing when `first` is this test.
+pub(crate) fn as_in(first: String) -> String {
+    if first == current_test() {
+        String::new()
+    } else {
+        format!(" (as in `{first}`, whose shutdown hung first)")
+    }
+}
+
+/// The name of the running test: the test harness names each test's thread after it.
+fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("another test")
+        .to_string()
+}
+
 /// Completes [`AFTER_ANOTHER_HUNG`] after a shutdown has hung in another test of this process,
 /// with that test's name; never, if none has.
-async fn another_hung() -> String {
+pub(crate) async fn another_hung() -> String {
     loop {
         if let Some(first) = HUNG.get() {
             tokio::time::sleep(AFTER_ANOTHER_HUNG).await;
