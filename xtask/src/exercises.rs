@@ -30,25 +30,42 @@ pub struct Check {
 /// Runs one exercise's check as a learner would (all test files, every failing test), with
 /// short panic reports whatever the caller's shell says.
 pub fn run_check(root: &Path, package: &str) -> Result<(bool, String)> {
-    let output = process::output(
-        process::cargo(root)
-            .args(["test", "--locked", "-p", package, "--no-fail-fast"])
-            .env("RUST_BACKTRACE", "0"),
-    )
-    .with_context(|| format!("running the check of {package}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok((output.status.success(), text))
+    // One pipe for both streams, so that cargo's `Running tests/x.rs` lines (stderr) stay
+    // next to the results of that file (stdout).
+    let (mut reader, writer) = std::io::pipe().context("creating a pipe")?;
+    let mut cargo = process::cargo(root);
+    cargo
+        .args(["test", "--locked", "-p", package, "--no-fail-fast"])
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone().context("cloning a pipe")?)
+        .stderr(writer);
+    let mut child = cargo
+        .spawn()
+        .with_context(|| format!("running the check of {package}"))?;
+    // Our copies of the writing end went with `cargo`: the read ends when cargo exits.
+    drop(cargo);
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut text)
+        .with_context(|| format!("reading the check of {package}"))?;
+    let status = child.wait()?;
+    Ok((
+        status.success(),
+        String::from_utf8_lossy(&text).into_owned(),
+    ))
 }
 
 /// Reads libtest's output: which tests passed and failed, and what the first failure said.
 pub fn parse(text: &str) -> Check {
     let mut check = Check::default();
+    // The first failing test: of the first test file with a failure (cargo runs them in a
+    // fixed order), the first by name (tests in a file finish in any order).
     let mut first_failed: Option<String> = None;
+    let mut in_first_failing_file = true;
     for line in text.lines() {
+        if line.trim_start().starts_with("Running ") && first_failed.is_some() {
+            in_first_failing_file = false;
+        }
         let Some(rest) = line.strip_prefix("test ") else {
             continue;
         };
@@ -56,7 +73,9 @@ pub fn parse(text: &str) -> Check {
             check.passed += 1;
         } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
             check.failed += 1;
-            first_failed.get_or_insert_with(|| name.to_string());
+            if in_first_failing_file && first_failed.as_deref().is_none_or(|f| name < f) {
+                first_failed = Some(name.to_string());
+            }
         }
     }
     if let Some(name) = first_failed {
@@ -232,14 +251,17 @@ mod tests {
     use super::*;
 
     /// Counts come from libtest's result lines; the next failing check is the first failed
-    /// test, described by the `todo!()` it reached when there is one.
+    /// test by name in the first file with one, described by the `todo!()` it reached when
+    /// there is one.
     #[test]
     fn parses_a_failing_check() {
         let out = "\
+     Running tests/wire.rs (target/debug/deps/wire-0)
+
 running 3 tests
 test tests::login_line ... ok
-test delivers_to_named_destination ... FAILED
 test trims_whitespace ... FAILED
+test delivers_to_named_destination ... FAILED
 
 failures:
 
@@ -256,9 +278,12 @@ note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
 
 failures:
     delivers_to_named_destination
+
+     Running tests/zzz.rs (target/debug/deps/zzz-0)
+test a_later_file ... FAILED
 ";
         let check = parse(out);
-        assert_eq!((check.passed, check.failed), (1, 2));
+        assert_eq!((check.passed, check.failed), (1, 3));
         assert_eq!(
             check.next,
             Some((
