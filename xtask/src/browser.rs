@@ -133,7 +133,9 @@ fn pick_screenshot_pages(pages: &[String], toc_order: &[String]) -> Vec<String> 
 
 /// Runs the browser check on the book built in `book_html_dir`; screenshots and the driver's
 /// log go to `out_dir`. Fails listing every problem found.
-pub fn check(book_html_dir: &Path, out_dir: &Path) -> Result<()> {
+/// Checks the book built in `book_html_dir`; `site_path` is its `site-url` (see
+/// [`Server::start`]).
+pub fn check(book_html_dir: &Path, out_dir: &Path, site_path: &str) -> Result<()> {
     let book = book_html_dir
         .canonicalize()
         .with_context(|| format!("no built book at {}", book_html_dir.display()))?;
@@ -143,7 +145,7 @@ pub fn check(book_html_dir: &Path, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let pages = html_pages(&book)?;
 
-    let server = Server::start(&book)?;
+    let server = Server::start(&book, site_path)?;
     let origin = server.origin();
     // Declared after the server, so dropped before it: the browser goes first.
     let browser = Browser::launch(out_dir)?;
@@ -222,6 +224,13 @@ pub fn check(book_html_dir: &Path, out_dir: &Path) -> Result<()> {
             let href = link["href"].as_str().unwrap_or("");
             let Some(rest) = href.strip_prefix(&format!("{origin}/")) else {
                 continue; // Outside the book (another site, mailto:, javascript:): not ours.
+            };
+            // The 404 page's links go through the site path, where the server serves the
+            // book too.
+            let site_dir = site_path.trim_matches('/');
+            let rest = match rest.strip_prefix(site_dir) {
+                Some(inside) if !site_dir.is_empty() && inside.starts_with('/') => &inside[1..],
+                _ => rest,
             };
             // mdBook gives 404.html a `<base href>` of the site root, so its headings'
             // self-links resolve against index.html. That is mdBook's page, not ours.
@@ -499,7 +508,7 @@ mod tests {
         )
         .unwrap();
 
-        let e = format!("{:#}", check(book.path(), out.path()).unwrap_err());
+        let e = format!("{:#}", check(book.path(), out.path(), "/").unwrap_err());
         for expected in [
             "index.html: shows a raw directive: {{#include ../steps/missing.rs:anchor}}",
             "index.html: empty code block 2 under \"Code\"",

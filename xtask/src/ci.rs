@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{bookcheck, browser, generated, mdbook, process};
+use crate::{bookcheck, browser, generated, lint, mdbook, process};
 
 /// One stage of the check.
 struct Stage {
@@ -19,7 +19,8 @@ struct Stage {
 
 const STAGES: &[Stage] = &[
     Stage {
-        name: "tools (the pinned mdBook; Chromium and chromedriver for the browser tests)",
+        name: "tools (the pinned mdBook, typos and actionlint; Chromium and chromedriver for the \
+               browser tests)",
         run: tools,
     },
     Stage {
@@ -45,6 +46,14 @@ const STAGES: &[Stage] = &[
     Stage {
         name: "book sources (includes, anchors, code blocks, step list)",
         run: book_sources,
+    },
+    Stage {
+        name: "spelling (typos, allow-list in _typos.toml)",
+        run: lint::spelling,
+    },
+    Stage {
+        name: "workflows (actionlint on .github/workflows)",
+        run: lint::workflows,
     },
     Stage {
         name: "generated files are fresh (diffs, sessions, diagrams)",
@@ -244,6 +253,7 @@ fn tools(root: &Path) -> Result<()> {
     ensure_chromium()?;
     let mdbook = mdbook::ensure(root)?;
     println!("mdBook: {}", workspace_rel(root, &mdbook));
+    lint::ensure_tools(root)?;
     Ok(())
 }
 
@@ -257,7 +267,7 @@ fn browser(root: &Path) -> Result<()> {
     }
     ensure_chromium()?;
     let out = root.join("target/browser-check");
-    browser::check(&html, &out)?;
+    browser::check(&html, &out, &mdbook::site_path(root)?)?;
     println!("screenshots in {}", workspace_rel(root, &out));
     Ok(())
 }
@@ -266,17 +276,31 @@ fn workspace_rel(root: &Path, path: &Path) -> String {
     crate::workspace::rel(root, path).display().to_string()
 }
 
-/// Installs `chromium` and `chromium-driver` with apt-get when either is missing: as root
-/// directly, otherwise through `sudo -n` (never prompting: CI has no stdin).
+/// Installs `chromium` and `chromium-driver` with apt-get when either is missing.
 fn ensure_chromium() -> Result<()> {
     if process::on_path("chromium") && process::on_path("chromedriver") {
         return Ok(());
     }
+    apt_install(
+        "the browser check needs Chromium and chromedriver",
+        &["chromium", "chromium-driver"],
+    )?;
+    if !(process::on_path("chromium") && process::on_path("chromedriver")) {
+        bail!(
+            "apt-get installed chromium and chromium-driver, but `chromium` or `chromedriver` is still not on PATH"
+        );
+    }
+    Ok(())
+}
+
+/// Installs Debian `packages` with apt-get, as root directly, otherwise through `sudo -n`
+/// (never prompting: CI has no stdin). `why` says which check needs them.
+pub fn apt_install(why: &str, packages: &[&str]) -> Result<()> {
+    let list = packages.join(" ");
     if !process::on_path("apt-get") {
         bail!(
-            "the browser check needs Chromium and chromedriver, and this machine has no apt-get \
-             to install them: install `chromium` and `chromedriver` (on Debian: the `chromium` \
-             and `chromium-driver` packages) and run again"
+            "{why}, and this machine has no apt-get to install them: install the Debian \
+             packages `{list}` (or their equivalents) and run again"
         );
     }
     let root_user = process::output(Command::new("id").arg("-u"))
@@ -288,12 +312,11 @@ fn ensure_chromium() -> Result<()> {
         &["sudo", "-n"]
     } else {
         bail!(
-            "the browser check needs Debian's `chromium` and `chromium-driver` packages; \
-             installing them needs root, and this user is not root and has no sudo. Run \
-             `apt-get install chromium chromium-driver` as root, then run again"
+            "{why}: the Debian packages `{list}`; installing them needs root, and this user is \
+             not root and has no sudo. Run `apt-get install {list}` as root, then run again"
         );
     };
-    println!("installing chromium and chromium-driver with apt-get");
+    println!("installing {list} with apt-get");
     let apt = |args: &[&str]| {
         let all: Vec<&str> = prefix
             .iter()
@@ -305,21 +328,12 @@ fn ensure_chromium() -> Result<()> {
         cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
         process::run(&mut cmd)
     };
-    apt(&["update"]).context("apt-get update (before installing Chromium)")?;
-    apt(&[
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "chromium",
-        "chromium-driver",
-    ])
-    .context("installing Chromium with apt-get (with sudo, the user needs passwordless sudo)")?;
-    if !(process::on_path("chromium") && process::on_path("chromedriver")) {
-        bail!(
-            "apt-get installed chromium and chromium-driver, but `chromium` or `chromedriver` is still not on PATH"
-        );
-    }
-    Ok(())
+    apt(&["update"]).with_context(|| format!("apt-get update (before installing {list})"))?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(packages);
+    apt(&install).with_context(|| {
+        format!("installing {list} with apt-get (with sudo, the user needs passwordless sudo)")
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ mod bookcheck;
 mod browser;
 mod ci;
 mod diagram;
+mod exercises;
 mod generated;
+mod lint;
 mod mdbook;
 mod process;
 mod starters;
@@ -40,8 +42,18 @@ const COMMANDS: &[(&str, &str)] = &[
          SUMMARY.md",
     ),
     (
+        "exercises",
+        "exercises [NN...]: run each exercise's check and print a table: gaps left, checks \
+         passing, the next failing check",
+    ),
+    (
+        "watch",
+        "watch NN: rerun exercise NN's check on every save (installs bacon into target/tools)",
+    ),
+    (
         "ci",
-        "run every check: fmt, clippy, tests, book checks, generated files, mdbook build, browser",
+        "run every check: fmt, clippy, tests, starters, book checks, spelling, workflows, \
+         generated files, mdbook build, browser",
     ),
     (
         "bench",
@@ -97,6 +109,8 @@ fn run(args: &[String]) -> Result<ExitCode> {
             return ci::run(&root);
         }
         "bench" => bench::run(&root, rest)?,
+        "exercises" => exercises::table(&root, rest)?,
+        "watch" => exercises::watch(&root, rest)?,
         "help" | "-h" | "--help" => help(),
         other => {
             help();

@@ -15,7 +15,7 @@ pub const VERSION: &str = "0.5.4";
 pub const BUILD_DIR: &str = "target/book";
 
 /// Where project tools are installed, relative to the root.
-const TOOLS_DIR: &str = "target/tools";
+pub const TOOLS_DIR: &str = "target/tools";
 
 /// The path of the pinned mdBook, installing it first when it is missing or another version.
 pub fn ensure(root: &Path) -> Result<PathBuf> {
@@ -27,19 +27,7 @@ pub fn ensure(root: &Path) -> Result<PathBuf> {
         None => println!("mdBook {VERSION} is not installed yet; installing it into {TOOLS_DIR}"),
     }
     println!("(this compiles mdBook once, a few minutes; later runs reuse it)");
-    let mut install = process::cargo(root);
-    install
-        .args([
-            "install",
-            "mdbook",
-            "--locked",
-            "--force",
-            "--version",
-            VERSION,
-        ])
-        .arg("--root")
-        .arg(&tools);
-    process::run(&mut install).context("installing mdBook")?;
+    process::cargo_install(root, "mdbook", VERSION, &tools).context("installing mdBook")?;
     match installed_version(&bin) {
         Some(v) if v == VERSION => Ok(bin),
         other => bail!(
@@ -59,6 +47,18 @@ fn installed_version(bin: &Path) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.split_whitespace().last()?;
     Some(version.trim_start_matches('v').to_string())
+}
+
+/// The path part of `site-url` in `book.toml` (`/a-chat/`), or `/` when it sets none.
+pub fn site_path(root: &Path) -> Result<String> {
+    let path = root.join("book.toml");
+    let toml =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let value = toml.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "site-url").then(|| value.trim().trim_matches('"').to_string())
+    });
+    Ok(value.unwrap_or_else(|| "/".to_string()))
 }
 
 /// `cargo xtask book`: serve the book with live reload, as a reader or an author wants it.

@@ -27,6 +27,25 @@ pub fn display(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// `cargo install --locked NAME@VERSION` into `tools` (a project-local root under `target/`),
+/// for the project's own tools: mdBook, bacon.
+pub fn cargo_install(root: &Path, name: &str, version: &str, tools: &Path) -> Result<()> {
+    let bin = tools.join("bin");
+    // The tools are run by their full path, never from PATH. With their directory on the
+    // installer's PATH, cargo does not end with "be sure to add .../bin to your PATH", which
+    // would send a learner to change a setting that nothing needs.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .context("building PATH for cargo install")?;
+    let mut install = cargo(root);
+    install
+        .args(["install", name, "--locked", "--force", "--version", version])
+        .arg("--root")
+        .arg(tools)
+        .env("PATH", path);
+    run(&mut install)
+}
+
 /// Runs `cmd` with inherited stdio; fails unless it exits with status 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);

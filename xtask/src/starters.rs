@@ -92,7 +92,7 @@ pub fn missing(root: &Path, steps: &[Step]) -> Result<Vec<String>> {
 }
 
 /// How many `exercise_*` regions a step's `src/` marks.
-fn regions_in(root: &Path, step: &Step) -> Result<usize> {
+pub fn regions_in(root: &Path, step: &Step) -> Result<usize> {
     let mut n = 0;
     for path in workspace::files_with_ext(&root.join(step.rel_dir()).join("src"), "rs")? {
         let text =

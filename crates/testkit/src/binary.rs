@@ -10,10 +10,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use crate::failure::{self, SHUTDOWN_TIMEOUT};
 use crate::{OutputLines, TIMEOUT, human};
-
-/// How long a graceful shutdown of the real binary may take before the test calls it stuck.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running server binary.
 #[derive(Debug)]
@@ -80,6 +78,10 @@ impl Binary {
 
     /// Starts a prepared command whose program prints `listening on ADDR` when ready.
     pub async fn start_command(mut command: Command) -> Binary {
+        failure::short_panics();
+        // A `todo!()` the server reaches shows as two lines (place and message), not as a
+        // backtrace, whatever the learner's shell sets; `TESTKIT_BACKTRACE=1` asks for it.
+        command.env("RUST_BACKTRACE", failure::child_backtrace());
         // stderr goes through a plain pipe read by a plain thread, not a runtime task: when a
         // test fails, `Drop` must be able to collect the server's last words while the test's
         // (single-threaded) runtime is blocked in the panic.
@@ -166,7 +168,7 @@ impl Binary {
     /// Waits for the process to exit and returns its status; fails the test if it is still
     /// running after the deadline (and kills it).
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        self.wait_exit_within(EXIT_TIMEOUT).await
+        self.wait_exit_within(SHUTDOWN_TIMEOUT).await
     }
 
     /// Waits for the process to exit and fails the test unless it exited with code 0 (a
@@ -174,26 +176,23 @@ impl Binary {
     pub async fn expect_clean_exit(&mut self) {
         let status = self.wait_exit().await;
         if status.code() != Some(0) {
+            // Its stderr, which says why, follows: `Drop` shows it once for every failure.
             panic!(
                 "the server should exit with code 0 after a graceful shutdown, but it ended with \
-                 {status}\nits stderr:\n{}",
-                self.stderr_so_far().join("\n")
+                 {status}"
             );
         }
     }
 
     /// [`Binary::wait_exit`] with an explicit deadline.
     pub async fn wait_exit_within(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
+        match failure::shutdown_within("the server process", limit, self.child.wait()).await {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => panic!("waiting for the server process failed: {e}"),
-            Err(_) => {
+            Err(hung) => {
+                // Killed on drop too (`kill_on_drop`); killing now lets its stderr end.
                 let _ = self.child.start_kill();
-                panic!(
-                    "the server was still running {} after it was asked to stop\nits stderr:\n{}",
-                    human(limit),
-                    self.stderr_so_far().join("\n")
-                );
+                panic!("{hung}");
             }
         }
     }
@@ -204,9 +203,8 @@ impl Binary {
             Some(line) => line,
             None => panic!(
                 "the server never logged a line containing `{needle}` (within {}); \
-                 its stderr:\n{}",
+                 its stderr follows",
                 human(TIMEOUT),
-                self.stderr.so_far().join("\n")
             ),
         }
     }
@@ -225,8 +223,18 @@ impl Drop for Binary {
         if std::thread::panicking() {
             // What the server wrote just before the client noticed may still be in the pipe.
             std::thread::sleep(Duration::from_millis(200));
-            let seen = self.stderr_so_far().join("\n");
-            eprintln!("\n--- what the server wrote on stderr ---\n{seen}\n---");
+            // Rust's hint to set RUST_BACKTRACE would only add a thousand lines of tokio.
+            let seen: Vec<&str> = self
+                .stderr_so_far()
+                .iter()
+                .map(String::as_str)
+                .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+                .skip_while(|l| l.is_empty())
+                .collect();
+            eprintln!(
+                "--- what the server wrote on stderr ---\n{}\n---",
+                seen.join("\n")
+            );
         }
     }
 }

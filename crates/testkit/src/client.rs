@@ -10,7 +10,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-use crate::{QUIET, TIMEOUT, human};
+use crate::{QUIET, TIMEOUT, failure, human};
 
 /// The receive buffer of [`Client::login_with_small_buffer`], in bytes.
 const SMALL_BUFFER: u32 = 4096;
@@ -94,6 +94,7 @@ impl Client {
     }
 
     fn from_stream(stream: TcpStream, label: &str) -> Client {
+        crate::failure::short_panics();
         let (read, writer) = stream.into_split();
         Client {
             name: label.to_string(),
@@ -219,23 +220,30 @@ impl Client {
     }
 
     /// [`Client::lines_until_eof`] with a deadline of its own, for clients that receive a lot.
+    ///
+    /// Lines must keep coming: a connection silent for [`TIMEOUT`] without closing fails at
+    /// once, as it does when a shutdown has already hung in another test of this process.
+    /// Such a server usually never closes it (a writer that never ends), and waiting out
+    /// the whole deadline in every test made a check with that bug take minutes.
     pub async fn lines_until_eof_within(&mut self, limit: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + limit;
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
         let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.read(left).await {
+            let read = tokio::select! {
+                read = self.read(left.min(TIMEOUT)) => read,
+                first = failure::another_hung() => {
+                    panic!("{}", self.still_open(&lines, started, &failure::as_in(first)))
+                }
+            };
+            match read {
                 Read::Line(line) => lines.push(line),
                 Read::Eof | Read::Error(_) => return lines,
-                Read::TimedOut => panic!(
-                    "{}: expected the server to close the connection within {}, but it stayed \
-                     open (received {} lines; the last was {:?})",
-                    self.name,
-                    human(limit),
-                    lines.len(),
-                    // Long lines are cut: the failure message should stay readable.
-                    lines.last().map(|l| l.chars().take(80).collect::<String>())
-                ),
+                Read::TimedOut => {
+                    let also = failure::as_in(failure::record_hang());
+                    panic!("{}", self.still_open(&lines, started, &also));
+                }
             }
         }
     }
@@ -294,6 +302,21 @@ impl Client {
              socket with input still unread, and what it had written that had not arrived yet \
              was lost",
             self.name
+        )
+    }
+
+    /// The failure of a connection the server did not close; `also` names the test where a
+    /// shutdown hung first, if another one.
+    fn still_open(&self, lines: &[String], since: tokio::time::Instant, also: &str) -> String {
+        format!(
+            "{}: expected the server to close the connection, but it was still open and silent \
+             {:.1} s later (received {} lines; the last was {:?}){also}.\n{}",
+            self.name,
+            since.elapsed().as_secs_f64(),
+            lines.len(),
+            // Long lines are cut: the failure message should stay readable.
+            lines.last().map(|l| l.chars().take(80).collect::<String>()),
+            failure::USUAL_CAUSES
         )
     }
 

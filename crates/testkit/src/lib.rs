@@ -7,6 +7,7 @@
 
 mod binary;
 mod client;
+mod failure;
 mod output;
 pub mod scenarios;
 mod server;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use binary::Binary;
 pub use client::Client;
+pub use failure::{BACKTRACE_VAR, SHUTDOWN_TIMEOUT, USUAL_CAUSES, short_panics};
 pub use output::OutputLines;
 pub use server::{Server, Shutdown, connected_pair, loopback_listener, start};
 

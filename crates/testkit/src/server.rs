@@ -6,16 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::human;
-
-/// How long a graceful shutdown may take in-process before the test calls it stuck.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::failure::{self, SHUTDOWN_TIMEOUT};
 
 /// The shutdown trigger handed to a step's `run`: completes when the test asks the server to
 /// shut down, or when the [`Server`] handle is dropped.
@@ -42,6 +38,7 @@ pub struct Server {
 /// A listener on a free loopback port, and its address: for a server under test, or for a
 /// test that plays the server itself.
 pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
+    failure::short_panics();
     // Binding port 0 on loopback only fails if the machine has no loopback interface at all.
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -104,11 +101,9 @@ impl Server {
     /// Waits until the server's `run` returns, and fails the test unless it returned `Ok`
     /// within the shutdown deadline.
     pub async fn finished(self) {
-        match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.task).await {
-            Err(_) => panic!(
-                "the server did not finish within {} after shutdown was triggered",
-                human(SHUTDOWN_TIMEOUT)
-            ),
+        let finished = failure::shutdown_within("the server's `run`", SHUTDOWN_TIMEOUT, self.task);
+        match finished.await {
+            Err(hung) => panic!("{hung}"),
             Ok(Err(join)) => panic!("the server task panicked: {join}"),
             Ok(Ok(Err(e))) => panic!("the server returned an error: {e}"),
             Ok(Ok(Ok(()))) => {}

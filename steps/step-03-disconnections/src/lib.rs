@@ -404,4 +404,49 @@ mod tests {
         assert_eq!(parse_login("  alice "), Some("alice".to_string()));
         assert_eq!(parse_login(" \t "), None);
     }
+
+    /// Runs `writer_loop` on a real connection after closing either its channel (the broker
+    /// dropped the sender) or its reader, keeping the other alive, and reports whether the
+    /// writer returned `Ok` in time.
+    async fn writer_ends(close_channel: bool) -> bool {
+        let (_client, server) = testkit::connected_pair().await;
+        let (_, write) = server.into_split();
+        let (sender, mut messages) = mpsc::unbounded_channel::<String>();
+        let (reader_alive, reader_gone) = oneshot::channel::<Void>();
+        // The one not closed stays alive until the writer is done.
+        let _alive = if close_channel {
+            drop(sender);
+            (None, Some(reader_alive))
+        } else {
+            drop(reader_alive);
+            (Some(sender), None)
+        };
+        let writer = writer_loop(&mut messages, write, reader_gone);
+        matches!(
+            tokio::time::timeout(testkit::TIMEOUT, writer).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The writer ends when the broker closes its channel, even while its reader is still
+    /// there. A `select!` branch written as `Some(message) = messages.recv()` fails this: at
+    /// `None` the branch is disabled and the writer waits for its reader forever.
+    #[tokio::test]
+    async fn writer_ends_when_its_channel_closes() {
+        assert!(
+            writer_ends(true).await,
+            "the writer kept running after its channel closed"
+        );
+    }
+
+    /// The writer ends when its reader ends, even while its channel is open. A `select!`
+    /// branch written as `Ok(void) = &mut reader_gone` fails this: the branch is disabled and
+    /// the writer waits for messages forever, so its peer is never removed.
+    #[tokio::test]
+    async fn writer_ends_when_its_reader_ends() {
+        assert!(
+            writer_ends(false).await,
+            "the writer kept running after its reader ended"
+        );
+    }
 }

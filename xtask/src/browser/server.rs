@@ -25,8 +25,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves `root` on a free port of 127.0.0.1 until dropped.
-    pub fn start(root: &Path) -> Result<Self> {
+    /// Serves `root` on a free port of 127.0.0.1 until dropped, at `/` and also under
+    /// `site_path` (`/a-chat/`, the book's `site-url`): mdBook's 404 page loads its styles
+    /// and scripts from there, as it will on the published site.
+    pub fn start(root: &Path, site_path: &str) -> Result<Self> {
+        let site_path = site_path.to_string();
         let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -41,10 +44,11 @@ impl Server {
                     }
                     let Ok(conn) = conn else { continue };
                     let (root, missing) = (root.clone(), missing.clone());
+                    let site_path = site_path.clone();
                     // Detached: a connection thread ends when its one request is answered or
                     // its read times out.
                     std::thread::spawn(move || {
-                        let _ = serve(conn, &root, &missing);
+                        let _ = serve(conn, &root, &site_path, &missing);
                     });
                 }
             })
@@ -83,7 +87,12 @@ impl Drop for Server {
 }
 
 /// Answers one request and closes the connection.
-fn serve(conn: TcpStream, root: &Path, missing: &Mutex<Vec<Missing>>) -> Result<()> {
+fn serve(
+    conn: TcpStream,
+    root: &Path,
+    site_path: &str,
+    missing: &Mutex<Vec<Missing>>,
+) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -109,7 +118,7 @@ fn serve(conn: TcpStream, root: &Path, missing: &Mutex<Vec<Missing>>) -> Result<
         return respond(&mut conn, 405, "text/plain", b"method not allowed", true);
     }
     let path = target.split(['?', '#']).next().unwrap_or("/");
-    match resolve(root, path) {
+    match locate(root, site_path, path) {
         Some(file) => {
             let body = std::fs::read(&file)?;
             respond(&mut conn, 200, content_type(&file), &body, method == "GET")
@@ -151,6 +160,14 @@ fn respond(
 
 /// The file a URL path names under `root`: percent-decoded, `dir/` meaning `dir/index.html`,
 /// and never outside `root`.
+/// The file for `url_path`, at the root or under `site_path`.
+fn locate(root: &Path, site_path: &str, url_path: &str) -> Option<PathBuf> {
+    resolve(root, url_path).or_else(|| {
+        let rest = url_path.strip_prefix(site_path.trim_end_matches('/'))?;
+        rest.starts_with('/').then(|| resolve(root, rest)).flatten()
+    })
+}
+
 pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     let decoded = percent_decode(url_path)?;
     let mut file = root.to_path_buf();
@@ -239,5 +256,18 @@ mod tests {
         assert_eq!(resolve(dir.path(), "/nope.html"), None);
         assert_eq!(resolve(dir.path(), "/../etc/passwd"), None);
         assert_eq!(resolve(dir.path(), "/sub/%2e%2e/%2e%2e/x"), None);
+    }
+
+    /// The book is found under its site path too (where the 404 page looks), and only there.
+    #[test]
+    fn serves_under_the_site_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("css")).unwrap();
+        std::fs::write(dir.path().join("css/a.css"), "a").unwrap();
+        let css = Some(dir.path().join("css/a.css"));
+        assert_eq!(locate(dir.path(), "/a-chat/", "/css/a.css"), css);
+        assert_eq!(locate(dir.path(), "/a-chat/", "/a-chat/css/a.css"), css);
+        assert_eq!(locate(dir.path(), "/a-chat/", "/a-chatx/css/a.css"), None);
+        assert_eq!(locate(dir.path(), "/", "/a-chat/css/a.css"), None);
     }
 }
