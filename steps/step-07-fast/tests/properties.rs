@@ -23,6 +23,8 @@ proptest! {
     /// (no destination or text is made up, duplicated or padded).
     #[test]
     fn parse_message_output_is_bounded(line in line()) {
+        // One short report per failure, not one per shrinking step.
+        testkit::short_panics();
         if let Some(Message { dest, text }) = parse_message(&line) {
             let out: usize = dest.iter().map(String::len).sum::<usize>() + text.len();
             prop_assert!(out <= line.len());
@@ -40,6 +42,8 @@ proptest! {
     /// Any line: `parse_login` does not panic, and a name it accepts follows every rule.
     #[test]
     fn accepted_names_follow_the_rules(line in line()) {
+        // One short report per failure, not one per shrinking step.
+        testkit::short_panics();
         if let Some(name) = parse_login(&line) {
             prop_assert!(!name.is_empty());
             prop_assert!(name.len() <= MAX_NAME_LEN);
@@ -53,6 +57,8 @@ proptest! {
     /// parses back to exactly that destination.
     #[test]
     fn valid_names_round_trip(name in "[a-zA-Zé0-9_.-][a-zA-Zé0-9_. -]{0,14}[a-zA-Zé0-9_.-]") {
+        // One short report per failure, not one per shrinking step.
+        testkit::short_panics();
         prop_assert_eq!(parse_login(&format!(" {name}\r")), Some(name.clone()));
         let parsed = parse_message(&format!("{name}, {name} : hi")).expect("has a colon");
         prop_assert_eq!(parsed.dest, vec![name.clone(), name]);
