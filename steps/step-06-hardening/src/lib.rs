@@ -1,7 +1,7 @@
 //! Step 06: the server of step 05, hardened. Every resource a client can make the server
-//! spend has a limit: line length, name length, time to log in, the bytes a client's lines
-//! have not been written yet (each sender's credit), the time a client may stop reading, open
-//! connections, and the time a graceful shutdown may take. Input that breaks the rules gets an
+//! spend has a limit: line length, name length, time to log in, the bytes of a client's lines
+//! queued for others and not yet written (its credit), the time a client may stop reading,
+//! open connections, and the time a graceful shutdown may take. Input that breaks the rules gets an
 //! `error: ...` line and the connection is closed; nothing a client sends can take the server
 //! down, slow down other clients, or keep the process alive.
 

@@ -55,11 +55,13 @@ fn report(what: &str, before: u64, pid: u32) {
     );
 }
 
-/// RSS growth while a client that never reads is sent 200 MB of messages (default limits).
+/// RSS growth while a client that never reads is sent 200 MB of messages (default limits, but
+/// a stall timeout of 2 s: the flooder waits that long for the non-reader to be dropped, and
+/// the test client gives up on a write after 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture, in release"]
 async fn memory_while_a_non_reader_is_flooded() {
-    let bin = Binary::start(BIN, &[]).await;
+    let bin = Binary::start(BIN, &["--stall-timeout", "2s"]).await;
     let _slow = Client::login_with_small_buffer(bin.addr(), "slow").await;
     let mut flooder = Client::login(bin.addr(), "flooder").await;
     let (before, _) = memory(bin.pid());
