@@ -56,11 +56,13 @@ fn report(what: &str, before: u64, pid: u32) {
     );
 }
 
-/// RSS growth while a client that never reads is sent 200 MB of messages (default limits).
+/// RSS growth while a client that never reads is sent 200 MB of messages (default limits, but
+/// a stall timeout of 2 s: the flooder waits that long for the non-reader to be dropped, and
+/// the test client gives up on a write after 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture, in release"]
 async fn memory_while_a_non_reader_is_flooded() {
-    let bin = Binary::start(BIN, &[]).await;
+    let bin = Binary::start(BIN, &["--stall-timeout", "2s"]).await;
     let _slow = Client::login_with_small_buffer(bin.addr(), "slow").await;
     let mut flooder = Client::login(bin.addr(), "flooder").await;
     let (before, _) = memory(bin.pid());
@@ -124,13 +126,17 @@ async fn memory_while_a_client_sends_64_mb_without_newline() {
 }
 
 /// Exit time after SIGINT with a client that never reads and a writer stuck with lines
-/// queued: the grace period (default 10 s), not more. The queue is made long enough
-/// (`--queue-len 100000`) that the client is not dropped as too slow first.
+/// queued: the grace period (default 10 s), not more. The stall timeout is made long enough
+/// (`--stall-timeout 60m`, with credit to match) that the client is not dropped as too slow first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture, in release"]
 async fn exit_time_with_a_stuck_client() {
     let grace = Duration::from_secs(10);
-    let mut bin = Binary::start(BIN, &["--queue-len", "100000"]).await;
+    let mut bin = Binary::start(
+        BIN,
+        &["--sender-budget", "4000000000", "--stall-timeout", "60m"],
+    )
+    .await;
     let _slow = Client::login_with_small_buffer(bin.addr(), "slow").await;
     let mut flooder = Client::login(bin.addr(), "flooder").await;
     let line = format!("slow: {}\n", "x".repeat(994));

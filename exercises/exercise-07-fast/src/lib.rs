@@ -47,10 +47,13 @@ pub struct Config {
     pub max_line_len: usize,
     /// How long a new client has to send its name before it is closed.
     pub login_timeout: Duration,
-    /// How many bytes of lines may wait for one peer, counting the batch its writer is
-    /// writing (see [`queue_cost`]). A peer whose queue would go over is too slow: it is
-    /// disconnected.
-    pub peer_queue_bytes: usize,
+    /// How many bytes of lines one client may have queued for others and not yet written to
+    /// their sockets: its credit, as in step 06. A reader pays for each batch of lines before
+    /// it goes (see [`batch_cost`]) and waits, not reading its client, without the credit.
+    pub sender_budget: usize,
+    /// How long a write of one chunk to a client may take. A client that takes nothing for
+    /// that long has stopped reading: it is disconnected as too slow.
+    pub stall_timeout: Duration,
     /// How many events the readers may queue for the broker; a reader that finds the queue
     /// full waits (it stops reading its client) until the broker catches up.
     pub broker_queue_len: usize,
@@ -69,7 +72,8 @@ impl Default for Config {
         Config {
             max_line_len: 4096,
             login_timeout: Duration::from_secs(10),
-            peer_queue_bytes: 512 * 1024,
+            sender_budget: 256 * 1024,
+            stall_timeout: Duration::from_secs(5),
             broker_queue_len: 1024,
             max_connections: 10_000,
             grace_period: Duration::from_secs(10),
@@ -100,8 +104,8 @@ const BUSY_READ_BUFFER: usize = 8 * 1024;
 impl Config {
     /// Checks that every limit can be used: counts are at least 1 (a queue of 0 cannot hold
     /// anything, and tokio panics on one) and at most what tokio's semaphores can count, and
-    /// a peer's queue holds at least one line of the longest kind (or every message to a
-    /// client would drop it).
+    /// the sender budget pays for the costliest line (or a client that sent one would wait
+    /// for ever) and fits the `u32` a semaphore acquires at once.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let counts = [
             ("max line length", self.max_line_len),
@@ -119,14 +123,18 @@ impl Config {
         if self.login_timeout.is_zero() {
             return Err("the login timeout must be longer than 0".to_string());
         }
-        // `from NAME: text\n` with the longest name and text.
-        let longest = "from : \n".len() + MAX_NAME_LEN + self.max_line_len;
-        if self.peer_queue_bytes < longest {
+        // `from NAME: text\n` with the longest name and text, to every name a line may list.
+        let costliest = MAX_DESTINATIONS * ("from : \n".len() + MAX_NAME_LEN + self.max_line_len);
+        if self.sender_budget < costliest || u32::try_from(self.sender_budget).is_err() {
             return Err(format!(
-                "the peer queue must hold at least one line of the longest kind: {longest} \
-                 bytes or more with this max line length, not {}",
-                self.peer_queue_bytes
+                "the sender budget must pay for a line of the longest kind to {MAX_DESTINATIONS} \
+                 destinations: between {costliest} and {} bytes with this max line length, not {}",
+                u32::MAX,
+                self.sender_budget
             ));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err("the stall timeout must be longer than 0".to_string());
         }
         Ok(())
     }
@@ -200,14 +208,44 @@ type Sender<T> = mpsc::Sender<T>;
 /// The receiving end of those channels.
 type Receiver<T> = mpsc::Receiver<T>;
 
-/// What one line costs its peer's budget: the bytes [`append_message`] adds to its queue.
+/// What one line costs its sender's credit for one recipient: the bytes [`append_message`]
+/// adds to the recipient's queue.
 pub fn queue_cost(from: &str, text: &str) -> usize {
     "from : \n".len() + from.len() + text.len()
 }
 
+/// What the first of `lines` (each ending in `\n`) cost at most, together, for a client called
+/// `from`, as many of them as `budget` pays for (always one at least): the credit to take,
+/// and where the lines it pays for end.
+///
+/// An upper bound, found without parsing: each line costs [`queue_cost`] with its whole
+/// text, untrimmed, for as many recipients as its destination list has commas plus one (at
+/// most [`MAX_DESTINATIONS`]). The broker takes the exact share of each line it queues and
+/// gives the rest back at once.
+pub fn batch_cost(from: &str, lines: &str, budget: usize) -> (usize, usize) {
+    let mut cost = 0;
+    let mut end = 0;
+    for line in lines.split_inclusive('\n') {
+        let line_cost = match line.split_once(':') {
+            Some((dest, text)) => {
+                let names = dest.bytes().filter(|&b| b == b',').count() + 1;
+                names.min(MAX_DESTINATIONS) * queue_cost(from, text)
+            }
+            // Not a message: it costs nothing.
+            None => 0,
+        };
+        if end > 0 && cost + line_cost > budget {
+            break;
+        }
+        cost += line_cost;
+        end += line.len();
+    }
+    (cost, end)
+}
+
 /// The bytes waiting for one peer: the broker appends lines to them, the peer's writer takes
-/// them a chunk at a time. Bounded in bytes: a thousand short lines and a few long ones weigh
-/// what they hold.
+/// them a chunk at a time. Not bounded here: each line holds a share of its sender's credit
+/// (see [`Config::sender_budget`]), returned when the chunk it is in has been written.
 ///
 /// Shared by two tasks only, the broker and this peer's writer, behind a plain `Mutex`: each
 /// holds it for a copy or a swap, never across an `await`. `ready` wakes the writer when the
@@ -223,18 +261,23 @@ struct Outbox {
 struct Pending {
     /// Lines not yet taken by the writer, each ending in `\n`, oldest first, in chunks of
     /// about [`BATCH_BYTES`]: the writer takes one chunk per write, so however far behind its
-    /// client is, what it has in flight stays small and the rest of the budget stays free
-    /// for new lines. A line never straddles two chunks.
-    chunks: VecDeque<Vec<u8>>,
+    /// client is, each write is small and returns its credit soon. A line never straddles two
+    /// chunks.
+    chunks: VecDeque<Chunk>,
     /// The bytes in `chunks`.
     queued: usize,
-    /// The size of the chunk the writer took and is writing: it counts against the budget
-    /// until written, so a peer never holds more than its budget, queued or in flight.
-    in_flight: usize,
     /// The broker dropped its end: nothing more will be queued.
     closed: bool,
     /// The writer's end is gone: nobody will write what is queued.
     writer_gone: bool,
+}
+
+/// Lines for one write, with the credit they hold: one permit per run of lines from the same
+/// sender (consecutive shares of one sender's credit are merged).
+#[derive(Debug, Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    credit: Vec<OwnedSemaphorePermit>,
 }
 
 impl Outbox {
@@ -246,28 +289,31 @@ impl Outbox {
 }
 
 impl Pending {
-    /// Appends `from NAME: text\n` to the newest chunk, or starts a new chunk if the newest
-    /// has no room left for it (or there is none).
-    fn append(&mut self, from: &str, text: &str) {
+    /// Appends `from NAME: text\n`, and the credit it holds, to the newest chunk, or starts a
+    /// new chunk if the newest has no room left for it (or there is none).
+    fn append(&mut self, from: &str, text: &str, credit: OwnedSemaphorePermit) {
         let cost = queue_cost(from, text);
         let chunk = match self.chunks.back_mut() {
-            Some(chunk) if chunk.len() + cost <= BATCH_BYTES => chunk,
+            Some(chunk) if chunk.bytes.len() + cost <= BATCH_BYTES => chunk,
             _ => {
-                self.chunks.push_back(Vec::new());
+                self.chunks.push_back(Chunk::default());
                 // Just pushed, so there is a last chunk.
                 self.chunks.back_mut().expect("a chunk was just pushed")
             }
         };
-        append_message(chunk, from, text);
+        append_message(&mut chunk.bytes, from, text);
+        match chunk.credit.last_mut() {
+            Some(last) if Arc::ptr_eq(last.semaphore(), credit.semaphore()) => last.merge(credit),
+            _ => chunk.credit.push(credit),
+        }
         self.queued += cost;
     }
 }
 
-/// The broker's end of a peer's [`Outbox`], with the peer's budget.
+/// The broker's end of a peer's [`Outbox`].
 #[derive(Debug)]
 struct PeerQueue {
     outbox: Arc<Outbox>,
-    budget: usize,
 }
 
 /// The writer's end of a peer's [`Outbox`].
@@ -276,31 +322,29 @@ struct QueueReceiver {
     outbox: Arc<Outbox>,
 }
 
-/// A queue for one peer, holding at most `budget` bytes of lines (see [`queue_cost`]).
-fn peer_queue(budget: usize) -> (PeerQueue, QueueReceiver) {
+/// A queue for one peer.
+fn peer_queue() -> (PeerQueue, QueueReceiver) {
     let outbox = Arc::new(Outbox::default());
     let queue = PeerQueue {
         outbox: Arc::clone(&outbox),
-        budget,
     };
     (queue, QueueReceiver { outbox })
 }
 
 impl PeerQueue {
-    /// Queues `from NAME: text\n` unless that would take the peer over its budget. Never waits.
-    fn push(&self, from: &str, text: &str) -> std::result::Result<(), TrySendError<()>> {
-        // Queue the line unless it would take the peer over its budget.
-        // Under the outbox's lock: `Closed` if the writer is gone; `Full` if the bytes queued,
-        // plus those in flight, plus `queue_cost(from, text)` exceed `self.budget`; otherwise
+    /// Queues `from NAME: text\n` with the share of its sender's credit it holds. Never
+    /// waits; fails only if the writer is gone (then the credit goes back at once).
+    fn push(
+        &self,
+        from: &str,
+        text: &str,
+        credit: OwnedSemaphorePermit,
+    ) -> std::result::Result<(), TrySendError<()>> {
+        // Queue the line with its credit.
+        // Under the outbox's lock: `Closed` if the writer is gone; otherwise
         // `Pending::append` the line. After the lock is released, wake the writer with
         // `notify_one`, but only if nothing was queued before this line.
-        todo!("Queue the line unless it would take the peer over its budget.")
-    }
-
-    /// The bytes this peer holds, queued or being written.
-    fn queued(&self) -> usize {
-        let pending = self.outbox.lock();
-        pending.queued + pending.in_flight
+        todo!("Queue the line with its credit.")
     }
 }
 
@@ -328,26 +372,19 @@ impl QueueReceiver {
 
     /// Takes the oldest chunk of queued lines, if any, and says whether the queue is closed
     /// (then, once the chunks run out, nothing more will come). Both are read under one lock:
-    /// a line queued just before the close is never missed. The chunk taken counts against
-    /// the budget until [`QueueReceiver::written`].
-    fn take(&self) -> (Option<Vec<u8>>, bool) {
+    /// a line queued just before the close is never missed. The chunk's credit goes back to
+    /// its senders when the writer drops it, once written.
+    fn take(&self) -> (Option<Chunk>, bool) {
         let mut pending = self.outbox.lock();
         let chunk = pending.chunks.pop_front();
-        let taken = chunk.as_ref().map_or(0, Vec::len);
-        pending.queued -= taken;
-        pending.in_flight = taken;
+        pending.queued -= chunk.as_ref().map_or(0, |chunk| chunk.bytes.len());
         (chunk, pending.closed)
-    }
-
-    /// The chunk taken last is written: its bytes no longer count.
-    fn written(&self) {
-        self.outbox.lock().in_flight = 0;
     }
 
     /// How many lines are waiting (for the log of a peer that leaves: it counts them).
     fn len(&self) -> usize {
         let pending = self.outbox.lock();
-        let lines = |chunk: &Vec<u8>| chunk.iter().filter(|&&byte| byte == b'\n').count();
+        let lines = |chunk: &Chunk| chunk.bytes.iter().filter(|&&byte| byte == b'\n').count();
         pending.chunks.iter().map(lines).sum()
     }
 
@@ -474,11 +511,7 @@ impl Server {
     pub fn new(config: Config) -> Server {
         let (broker, events) = mpsc::channel(config.broker_queue_len);
         let tracker = TaskTracker::new();
-        tracker.spawn(broker_loop(
-            events,
-            tracker.clone(),
-            config.peer_queue_bytes,
-        ));
+        tracker.spawn(broker_loop(events, tracker.clone(), config.stall_timeout));
         Server {
             config,
             broker,
@@ -733,18 +766,36 @@ where
     let mut room = READ_BUFFER;
     let mut stopping = std::pin::pin!(shutdown.cancelled());
     let mut ended = false;
+    // This client's credit, as in step 06.
+    let credit = Arc::new(Semaphore::new(config.sender_budget));
     let farewell = loop {
         let (lines, broken) = take_lines(&mut buffer, config.max_line_len);
-        if let Some(lines) = lines {
+        let mut lines = lines.unwrap_or_default();
+        // The lines are paid for before they go, as many per event as the budget pays for
+        // (all of them, unless the client floods): without the credit we wait, and so does
+        // this client's input.
+        while !lines.is_empty() {
+            let (cost, end) = batch_cost(&from, &lines, config.sender_budget);
+            let rest = lines.split_off(end);
+            // Fits: `batch_cost` stays within the budget, which `Config::validate` checked
+            // is a `u32`, or costs one line, which the budget pays for.
+            let cost = u32::try_from(cost).expect("validated: cost <= budget");
+            // Never fails: nobody closes this semaphore.
+            let credit = Arc::clone(&credit)
+                .acquire_many_owned(cost)
+                .await
+                .map_err(|_| "the credit was closed")?;
             // `send` waits while the broker's queue is full: this client is not read
             // meanwhile, which is the backpressure we want.
             broker
                 .send(Event::Lines {
                     from: Arc::clone(&from),
                     lines,
+                    credit,
                 })
                 .await
                 .map_err(|_| BROKER_GONE)?;
+            lines = rest;
         }
         // The lines before the one that broke a rule are on their way; this one and
         // everything after it are not.
@@ -1016,8 +1067,12 @@ enum Event {
     Leave { name: String, id: u64 },
     /// Lines from the client `from`, as it wrote them, each ending in `\n`: all the complete
     /// lines one read brought, so that one event carries dozens of messages when the client
-    /// sends in bulk.
-    Lines { from: Arc<str>, lines: String },
+    /// sends in bulk. `credit` pays for them (see [`batch_cost`]).
+    Lines {
+        from: Arc<str>,
+        lines: String,
+        credit: OwnedSemaphorePermit,
+    },
 }
 
 /// A connected peer, as the broker sees it.
@@ -1025,21 +1080,19 @@ enum Event {
 struct Peer {
     /// Which connection this is: a writer that ends removes the entry only if it is its own.
     id: u64,
-    /// The peer's queue, holding at most `peer_queue_bytes` bytes of lines.
+    /// The peer's queue, bounded by its senders' credit.
     queue: PeerQueue,
-    /// Cancelling it ends the peer's reader and writer at once.
-    close: CancellationToken,
     /// The number of the last line queued for this peer (see [`deliver`]).
     last_line: u64,
 }
 
 /// Owns the map from names to peers, routes messages, and removes a peer when its writer ends
-/// or when it falls too far behind.
+/// (the client left, or stopped reading for `stall_timeout`).
 ///
 /// One task owns the map, so no lock is needed: every change to it is an event handled here,
 /// one at a time. This task never waits for a peer: a slow client must not slow everyone
 /// else down. Writers are spawned on `tracker`, so `run` waits for them.
-async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_queue_bytes: usize) {
+async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, stall_timeout: Duration) {
     let mut peers: HashMap<String, Peer> = HashMap::new();
     // Writers send `(name, id, receiver)` here when they end.
     let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
@@ -1068,7 +1121,11 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
         match event {
             // Each line is split where it lies in the event's `String`; each recipient's
             // queue gets a copy of the bytes its line is made of, appended to what it holds.
-            Event::Lines { from, lines } => {
+            Event::Lines {
+                from,
+                lines,
+                mut credit,
+            } => {
                 // `lines` drops each `\n` and the `\r` of a CRLF ending before it.
                 for line in lines.lines() {
                     match split_message(line) {
@@ -1077,13 +1134,15 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                             // can tell it already has it.
                             line_number += 1;
                             for name in destinations(dest) {
-                                deliver(&mut peers, name, line_number, &from, text);
+                                deliver(&mut peers, name, line_number, &from, text, &mut credit);
                             }
                         }
                         None => eprintln!("{from}: ignored a line without ':'"),
                     }
                 }
             }
+            // What is left of `credit` (the over-estimate, and the shares of names nobody has)
+            // is dropped with the event: it goes back to the sender at once.
             Event::Leave { name, id } => {
                 // Dropping the entry drops the queue's sender: the writer writes what the
                 // queue holds, then sees it closed. (A newer session of the same name stays.)
@@ -1107,12 +1166,11 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                     let _ = login.send(Login::Taken(stream));
                 }
                 Entry::Vacant(entry) => {
-                    let (queue, mut receiver) = peer_queue(peer_queue_bytes);
+                    let (queue, mut receiver) = peer_queue();
                     let name = entry.key().clone();
                     entry.insert(Peer {
                         id,
                         queue,
-                        close: close.clone(),
                         // Lines are numbered from 1.
                         last_line: 0,
                     });
@@ -1121,9 +1179,17 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                     let _ = login.send(Login::Accepted);
                     let disconnect_sender = disconnect_sender.clone();
                     spawn_and_log_error(&tracker, async move {
-                        let result =
-                            until_closed(close, writer_loop(&mut receiver, stream, reader_gone))
-                                .await;
+                        let writer = writer_loop(&mut receiver, stream, reader_gone, stall_timeout);
+                        let result = match until_closed(close.clone(), writer).await {
+                            // The client stopped reading, as in step 06: its reader stops too,
+                            // and dropping its queue below returns its senders' credit.
+                            Err(e) if e.is::<TooSlow>() => {
+                                eprintln!("{name} is too slow: {e}; disconnecting it");
+                                close.cancel();
+                                Ok(())
+                            }
+                            result => result,
+                        };
                         // Hand the receiver back however the writer ended. This send fails
                         // only once the broker has ended, and then nobody needs the peer
                         // removed.
@@ -1142,13 +1208,19 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 }
 
 /// Queues `from NAME: text` for the peer called `name`, if it is connected and line number
-/// `line` is not queued for it yet, without ever waiting.
+/// `line` is not queued for it yet, without ever waiting, with its share of `credit`.
 ///
-/// The policy for a slow consumer: a peer whose queue cannot take the line within its
-/// `peer_queue_bytes` has fallen too far behind. It is disconnected at once and told nothing
-/// more (anything we wrote would wait behind the lines it is not reading). Its name is free
-/// again right away.
-fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: u64, from: &str, text: &str) {
+/// As in step 06, the queue never refuses a line for its size: its senders' credit bounds
+/// it, and a peer is dropped for time, when its writer makes no progress for the stall
+/// timeout.
+fn deliver(
+    peers: &mut HashMap<String, Peer>,
+    name: &str,
+    line: u64,
+    from: &str,
+    text: &str,
+    credit: &mut OwnedSemaphorePermit,
+) {
     let Some(peer) = peers.get_mut(name) else {
         return;
     };
@@ -1158,21 +1230,14 @@ fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: u64, from: &str,
         return;
     }
     peer.last_line = line;
-    match peer.queue.push(from, text) {
-        Ok(()) => {}
-        Err(TrySendError::Full(())) => {
-            eprintln!(
-                "{name} is too slow: {} bytes are waiting for it; disconnecting it",
-                peer.queue.queued()
-            );
-            // Its reader and writer stop at their next `await`, even in the middle of a
-            // write that would never finish.
-            peer.close.cancel();
-            peers.remove(name);
-        }
+    // The reader paid an upper bound for each name it may reach, so the share is there.
+    let Some(share) = credit.split(queue_cost(from, text)) else {
+        return;
+    };
+    if peer.queue.push(from, text, share).is_err() {
         // The writer has ended and its disconnect is on its way; the line is lost with the
-        // client.
-        Err(TrySendError::Closed(_)) => eprintln!("{name} is gone; a message to it was dropped"),
+        // client, and its credit goes back.
+        eprintln!("{name} is gone; a message to it was dropped");
     }
 }
 
@@ -1204,6 +1269,7 @@ async fn writer_loop(
     messages: &mut QueueReceiver,
     stream: ClientWriter,
     mut reader_gone: oneshot::Receiver<Handover>,
+    stall_timeout: Duration,
 ) -> Result<()> {
     // The slot stays taken until this function returns and the socket is dropped. The lines
     // end in `\n` already: the writer writes their bytes as they are, with no codec and no
@@ -1224,11 +1290,19 @@ async fn writer_loop(
                 let closed = loop {
                     let (chunk, closed) = messages.take();
                     let Some(chunk) = chunk else { break closed };
-                    stream.write_all(&chunk).await?;
-                    // A no-op on a TCP socket, which keeps no buffer of its own; needed for
-                    // any stream that does.
-                    stream.flush().await?;
-                    messages.written();
+                    // A chunk must go out within the stall timeout, or the client is too
+                    // slow. (`flush` is a no-op on a TCP socket, which keeps no buffer of its
+                    // own; needed for any stream that does.)
+                    let write = async {
+                        stream.write_all(&chunk.bytes).await?;
+                        stream.flush().await
+                    };
+                    match tokio::time::timeout(stall_timeout, write).await {
+                        Ok(written) => written?,
+                        Err(_elapsed) => return Err(TooSlow(stall_timeout).into()),
+                    }
+                    // Written: dropping the chunk returns its credit to its senders.
+                    drop(chunk);
                 };
                 if closed {
                     break;
@@ -1259,7 +1333,11 @@ async fn writer_loop(
     // The client broke a rule: it has had everything routed to it before its bad line; now
     // the error, and the end.
     if let Some(farewell) = farewell {
-        stream.write_all(format!("{farewell}\n").as_bytes()).await?;
+        let line = format!("{farewell}\n");
+        match tokio::time::timeout(stall_timeout, stream.write_all(line.as_bytes())).await {
+            Ok(written) => written?,
+            Err(_elapsed) => return Err(TooSlow(stall_timeout).into()),
+        }
     }
     close_in_order(stream, Some(input), linger).await;
     Ok(())
@@ -1287,8 +1365,20 @@ async fn let_queue_fill(messages: &QueueReceiver) {
 
 /// How many bytes a writer lets its queue gather before it takes them (see
 /// [`let_queue_fill`]), and the size of the chunks it takes: enough for hundreds of chat
-/// lines per system call, and small beside a peer's budget.
+/// lines per system call, and small beside a sender's budget.
 const BATCH_BYTES: usize = 16 * 1024;
+
+/// The error a writer ends with when its client took nothing for the stall timeout.
+#[derive(Debug)]
+struct TooSlow(Duration);
+
+impl fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a write made no progress for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for TooSlow {}
 
 /// Spawns `fut` on `tracker` and logs its error, if any, instead of losing it.
 ///
@@ -1454,14 +1544,27 @@ mod tests {
         (event, peer)
     }
 
+    /// Credit from a semaphore of its own, for a test that does not look at it.
+    fn free() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(0))
+            .try_acquire_many_owned(0)
+            .expect("no permits are needed")
+    }
+
     fn to_bob(text: &str) -> Event {
+        let lines = format!("bob: {text}\n");
+        let (cost, _) = batch_cost("alice", &lines, 1 << 20);
+        let credit = Arc::new(Semaphore::new(cost))
+            .try_acquire_many_owned(cost as u32)
+            .expect("a fresh semaphore has the credit");
         Event::Lines {
             from: Arc::from("alice"),
-            lines: format!("bob: {text}\n"),
+            lines,
+            credit,
         }
     }
 
-    /// The reconnect race: `bob` is dropped as too slow, a new `bob` logs in, and only then
+    /// The reconnect race: `bob` breaks a rule and leaves, a new `bob` logs in, and only then
     /// does the old `bob`'s writer end. Its disconnect must not remove the new session (the
     /// connection id does not match), so messages keep reaching the new `bob`.
     ///
@@ -1474,34 +1577,42 @@ mod tests {
         let tracker = TaskTracker::new();
         let (old_bob, mut old) = new_peer("bob", 1, &slots);
         let (new_bob, mut new) = new_peer("bob", 2, &slots);
-        // A queue of two lines: the third finds it full (the old writer has not run yet).
+        // The old bob's reader sends `Leave` (it broke a rule) after one line was routed to it.
         let queued = [
             old_bob,
             to_bob("1"),
-            to_bob("2"),
-            to_bob("3"),
+            Event::Leave {
+                name: "bob".to_string(),
+                id: 1,
+            },
             new_bob,
-            // As long as the old bob's lines: the new bob's queue holds two.
             to_bob("4"),
         ];
         for event in queued {
             events.send(event).await.expect("the channel has room");
         }
-        let two_lines = 2 * queue_cost("alice", "1");
-        tracker.spawn(broker_loop(receiver, tracker.clone(), two_lines));
+        tracker.spawn(broker_loop(
+            receiver,
+            tracker.clone(),
+            Duration::from_secs(5),
+        ));
         assert!(matches!(old.login.await, Ok(Login::Accepted)));
         assert!(
             matches!(new.login.await, Ok(Login::Accepted)),
-            "the old bob was dropped as too slow, so its name was free for the new one"
+            "the old bob left, so its name was free for the new one"
         );
-        // The old writer was closed before it wrote anything: its client sees the end. The
-        // writer's disconnect is sent in the same poll, before this test task runs again.
-        let old_lines: Vec<_> = tokio::time::timeout(Duration::from_secs(5), old.client.next())
+        // The old writer writes what was queued before `Leave`, then sees its queue closed
+        // and ends: its client sees the end. The writer's disconnect is sent in the same
+        // poll, before this test task runs again.
+        let old_line = tokio::time::timeout(Duration::from_secs(5), old.client.next()).await;
+        assert!(
+            matches!(&old_line, Ok(Some(Ok(line))) if line == "from alice: 1"),
+            "the old bob got {old_line:?}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(5), old.client.next())
             .await
-            .expect("the old bob's connection should close")
-            .into_iter()
-            .collect();
-        assert!(old_lines.is_empty(), "the old bob got {old_lines:?}");
+            .expect("the old bob's connection should close");
+        assert!(end.is_none(), "the old bob got {end:?} after its line");
         // The broker handles the stale disconnect before this (it polls disconnects first).
         events
             .send(to_bob("5"))
@@ -1522,52 +1633,70 @@ mod tests {
         }
     }
 
-    /// A peer's queue counts bytes, not lines: it takes lines while their costs fit its
-    /// budget, refuses the one that does not (however few lines are queued), counts the
-    /// chunk its writer took until it is written, and a line refused because the writer is
-    /// gone leaves the count as it was.
+    /// A line's credit stays taken while it is queued and while its chunk is being written,
+    /// and goes back to its sender when the chunk is dropped; a line refused because the
+    /// writer is gone gives its credit back at once.
     #[test]
-    fn peer_queue_counts_bytes() {
-        let short = queue_cost("alice", "hi");
-        let (queue, receiver) = peer_queue(3 * short);
+    fn credit_returns_when_written() {
+        let credit = Arc::new(Semaphore::new(100));
+        let share = |n| {
+            Arc::clone(&credit)
+                .try_acquire_many_owned(n)
+                .expect("credit left")
+        };
+        let (queue, receiver) = peer_queue();
         for _ in 0..3 {
-            queue.push("alice", "hi").expect("three short lines fit");
+            queue
+                .push("alice", "hi", share(10))
+                .expect("the writer is there");
         }
-        assert_eq!(queue.queued(), 3 * short);
-        assert!(matches!(
-            queue.push("alice", "hi"),
-            Err(TrySendError::Full(()))
-        ));
+        assert_eq!(credit.available_permits(), 70);
         let (chunk, closed) = receiver.take();
-        assert_eq!(chunk, Some(b"from alice: hi\n".repeat(3)));
+        let chunk = chunk.expect("three lines were queued");
+        assert_eq!(chunk.bytes, b"from alice: hi\n".repeat(3));
+        assert_eq!(chunk.credit.len(), 1, "shares of one sender are merged");
         assert!(!closed);
         assert_eq!(
-            queue.queued(),
-            3 * short,
-            "the chunk being written still counts"
+            credit.available_permits(),
+            70,
+            "the chunk being written still holds it"
         );
-        assert!(matches!(
-            queue.push("alice", "hi"),
-            Err(TrySendError::Full(()))
-        ));
-        receiver.written();
-        assert_eq!(queue.queued(), 0);
-        queue.push("alice", "hi").expect("a short line fits again");
-        assert!(
-            matches!(
-                queue.push("alice", &"x".repeat(200)),
-                Err(TrySendError::Full(()))
-            ),
-            "a long line does not fit where two short ones would"
-        );
-        assert_eq!(receiver.len(), 1);
-        let (queue, receiver) = peer_queue(1 << 20);
+        drop(chunk);
+        assert_eq!(credit.available_permits(), 100);
         drop(receiver);
         assert!(matches!(
-            queue.push("alice", "hi"),
+            queue.push("alice", "hi", share(10)),
             Err(TrySendError::Closed(()))
         ));
-        assert_eq!(queue.queued(), 0, "a line nobody will write still counted");
+        assert_eq!(
+            credit.available_permits(),
+            100,
+            "a line nobody will write kept its credit"
+        );
+    }
+
+    /// A batch costs at most what its recipients will receive, counted without parsing: each
+    /// line its text (untrimmed) times its names (commas plus one, at most
+    /// `MAX_DESTINATIONS`); a line without `:` costs nothing; and a batch is cut where the
+    /// budget runs out, but never before its first line.
+    #[test]
+    fn batch_cost_is_an_upper_bound() {
+        let exact = queue_cost("alice", "hi");
+        let (cost, end) = batch_cost("alice", "bob: hi\n", 1 << 20);
+        assert!(cost >= exact && cost <= exact + 2, "{cost}");
+        assert_eq!(end, 8);
+        let (cost, _) = batch_cost("alice", "bob, carol,bob: hi\nno colon\n", 1 << 20);
+        assert!(cost >= 3 * exact, "{cost}");
+        let many = format!("{}: hi\n", vec!["b"; 100].join(","));
+        let (cost, _) = batch_cost("alice", &many, 1 << 20);
+        assert!(cost <= MAX_DESTINATIONS * (exact + 2), "{cost}");
+        let two = "bob: hi\nbob: hi\n";
+        let (one, end) = batch_cost("alice", two, 1);
+        assert_eq!(
+            end, 8,
+            "a budget too small for two lines pays for the first only"
+        );
+        assert!(one > 1, "the first line goes whatever the budget");
     }
 
     /// The bytes every recipient gets are the wire format, `from NAME: text\n`, text as
@@ -1708,9 +1837,14 @@ mod tests {
         };
         // The reader stays "alive" for the whole test: its sender is kept here.
         let (_hand_over, reader_gone) = oneshot::channel();
-        writer_loop(&mut messages, stream, reader_gone)
-            .await
-            .expect("the recorder takes everything");
+        writer_loop(
+            &mut messages,
+            stream,
+            reader_gone,
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("the recorder takes everything");
         out.writes()
     }
 
@@ -1718,10 +1852,10 @@ mod tests {
     /// ends once the queue is closed and written.
     #[tokio::test]
     async fn queued_lines_go_out_in_one_write() {
-        let (queue, messages) = peer_queue(1 << 20);
+        let (queue, messages) = peer_queue();
         for i in 0..50 {
             queue
-                .push("alice", &i.to_string())
+                .push("alice", &i.to_string(), free())
                 .expect("the queue has room");
         }
         drop(queue);
@@ -1745,9 +1879,11 @@ mod tests {
     async fn a_backlog_goes_out_a_chunk_at_a_time() {
         let text = |i: usize| format!("{i:0100}");
         let lines = 4 * BATCH_BYTES / queue_cost("alice", &text(0));
-        let (queue, messages) = peer_queue(1 << 20);
+        let (queue, messages) = peer_queue();
         for i in 0..lines {
-            queue.push("alice", &text(i)).expect("the queue has room");
+            queue
+                .push("alice", &text(i), free())
+                .expect("the queue has room");
         }
         drop(queue);
         let writes = tokio::time::timeout(Duration::from_secs(5), run_writer(messages))
@@ -1773,8 +1909,10 @@ mod tests {
     /// that no order of the scheduler is assumed: `yield_now` promises none.
     #[tokio::test]
     async fn a_writer_lets_its_queue_fill() {
-        let (queue, messages) = peer_queue(1 << 20);
-        queue.push("alice", "0").expect("the queue has room");
+        let (queue, messages) = peer_queue();
+        queue
+            .push("alice", "0", free())
+            .expect("the queue has room");
         {
             let mut fill = std::pin::pin!(let_queue_fill(&messages));
             assert!(
@@ -1783,7 +1921,7 @@ mod tests {
             );
             for i in 1..=20 {
                 queue
-                    .push("alice", &i.to_string())
+                    .push("alice", &i.to_string(), free())
                     .expect("the queue has room");
                 assert!(
                     futures::poll!(fill.as_mut()).is_pending(),
@@ -1808,9 +1946,11 @@ mod tests {
             writes.len()
         );
         // A full batch does not wait at all.
-        let (queue, messages) = peer_queue(1 << 20);
+        let (queue, messages) = peer_queue();
         let text = "x".repeat(BATCH_BYTES);
-        queue.push("alice", &text).expect("the queue has room");
+        queue
+            .push("alice", &text, free())
+            .expect("the queue has room");
         let mut fill = std::pin::pin!(let_queue_fill(&messages));
         assert!(futures::poll!(fill.as_mut()).is_ready());
     }
@@ -1974,12 +2114,11 @@ mod tests {
         assert_eq!(Config::default().validate(), Ok(()));
         for broken in [
             Config {
-                peer_queue_bytes: 0,
+                sender_budget: 1000,
                 ..Config::default()
             },
-            // Not even one line of 4 KiB fits.
             Config {
-                peer_queue_bytes: 4096,
+                stall_timeout: Duration::ZERO,
                 ..Config::default()
             },
             Config {

@@ -216,7 +216,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         match flag {
             "max-line-len" => config.max_line_len = parse_count(&value).map_err(bad)?,
             "login-timeout" => config.login_timeout = parse_duration(&value).map_err(bad)?,
-            "queue-bytes" => config.peer_queue_bytes = parse_count(&value).map_err(bad)?,
+            "sender-budget" => config.sender_budget = parse_count(&value).map_err(bad)?,
+            "stall-timeout" => config.stall_timeout = parse_duration(&value).map_err(bad)?,
             "broker-queue-len" => config.broker_queue_len = parse_count(&value).map_err(bad)?,
             "max-connections" => config.max_connections = parse_count(&value).map_err(bad)?,
             "grace-period" => config.grace_period = parse_duration(&value).map_err(bad)?,
@@ -268,8 +269,10 @@ Arguments:
 Options:
   --max-line-len BYTES       longest line a client may send [default: {}]
   --login-timeout DURATION   time a new client has to send its name [default: {}s]
-  --queue-bytes BYTES        bytes of lines that may wait for one client before it is
-                             dropped as too slow [default: {}]
+  --sender-budget BYTES      bytes of a client's lines that may wait for others before its
+                             reader waits [default: {}]
+  --stall-timeout DURATION   time a write to a client may make no progress before it is
+                             dropped as too slow [default: {}s]
   --broker-queue-len EVENTS  events readers may queue for the broker before they wait
                              [default: {}]
   --max-connections N        clients connected at once; one more gets `error: server full`
@@ -288,7 +291,8 @@ Exit codes: {EXIT_CLEAN} clean shutdown; {EXIT_FAILED} failed to start or failed
 ",
         d.max_line_len,
         d.login_timeout.as_secs(),
-        d.peer_queue_bytes,
+        d.sender_budget,
+        d.stall_timeout.as_secs(),
         d.broker_queue_len,
         d.max_connections,
         d.grace_period.as_secs(),
@@ -320,7 +324,8 @@ mod tests {
     #[test]
     fn every_flag() {
         let parsed = args(
-            "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --queue-bytes 70000 \
+            "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --sender-budget 700000 \
+             --stall-timeout=3s \
              --broker-queue-len=8 --max-connections 9 --grace-period 2m --linger=250ms",
         );
         assert_eq!(
@@ -330,7 +335,8 @@ mod tests {
                 config: Config {
                     max_line_len: 100,
                     login_timeout: Duration::from_millis(500),
-                    peer_queue_bytes: 70_000,
+                    sender_budget: 700_000,
+                    stall_timeout: Duration::from_secs(3),
                     broker_queue_len: 8,
                     max_connections: 9,
                     grace_period: Duration::from_secs(120),
@@ -346,11 +352,12 @@ mod tests {
     fn bad_flags() {
         for (line, needle) in [
             ("--nope 1", "unknown flag `--nope`"),
-            ("--queue-bytes", "`--queue-bytes` needs a value"),
-            ("--queue-bytes ten", "--queue-bytes ten"),
+            ("--sender-budget", "`--sender-budget` needs a value"),
+            ("--sender-budget ten", "--sender-budget ten"),
             ("--grace-period 10", "unknown unit"),
             ("--grace-period 10h", "unknown unit `h`"),
-            ("--queue-bytes 100", "at least one line of the longest kind"),
+            ("--sender-budget 100", "sender budget must pay for a line"),
+            ("--stall-timeout 0s", "stall timeout"),
             ("a b", "unexpected argument `b`"),
         ] {
             match args(line) {
@@ -363,13 +370,14 @@ mod tests {
     /// `--help` lists every flag with its default.
     #[test]
     fn help_lists_every_flag() {
-        assert_eq!(args("--queue-bytes 5 --help"), Ok(Command::Help));
+        assert_eq!(args("--sender-budget 5 --help"), Ok(Command::Help));
         let help = help();
         for flag in [
             "--max-line-len BYTES       longest line a client may send [default: 4096]",
             "--login-timeout DURATION   time a new client has to send its name [default: 10s]",
-            "--queue-bytes BYTES",
-            "[default: 524288]",
+            "--sender-budget BYTES",
+            "--stall-timeout DURATION",
+            "[default: 262144]",
             "[default: 1024]",
             "--max-connections N",
             "[default: 10000]",

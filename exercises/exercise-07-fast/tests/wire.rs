@@ -18,12 +18,13 @@ async fn start(config: Config) -> Server {
         .await
 }
 
-/// Queues long enough for the shutdown scenarios, whose recipients read nothing until the
+/// Credit and patience enough for the shutdown scenarios, whose recipients read nothing until the
 /// signal while thousands of lines are sent to them: those scenarios are about delivering
 /// what was read, not about slow consumers (which `drops_slow_consumer` covers).
 fn roomy() -> Config {
     Config {
-        peer_queue_bytes: 1 << 40,
+        sender_budget: u32::MAX as usize,
+        stall_timeout: Duration::from_secs(3600),
         ..Config::default()
     }
 }
@@ -243,12 +244,18 @@ async fn closes_silent_login() {
     scenarios::closes_silent_login(server.addr()).await;
 }
 
-/// A client that never reads is dropped once its queue is full, while two others keep
-/// chatting; its name is free again afterwards.
+/// A client that never reads is dropped once writes to it have made no progress for the stall
+/// timeout, while two others keep chatting and the flooder waits; its name is free again
+/// afterwards.
 #[tokio::test]
 async fn drops_slow_consumer() {
-    let server = testkit::start(exercise_07::run).await;
-    scenarios::drops_slow_consumer(server.addr(), 5_000, 4_000).await;
+    let stall_timeout = Duration::from_secs(1);
+    let server = start(Config {
+        stall_timeout,
+        ..Config::default()
+    })
+    .await;
+    scenarios::drops_slow_consumer(server.addr(), 5_000, 4_000, stall_timeout).await;
 }
 
 /// Beyond the connection limit a client gets `error: server full`; a slot frees when a
@@ -322,4 +329,21 @@ async fn amplified_flood_spares_the_reader() {
     let server = testkit::start(exercise_07::run).await;
     scenarios::amplified_flood_spares_the_reader(server.addr(), exercise_07::MAX_DESTINATIONS)
         .await;
+}
+
+/// The one who floods pays: bob, reading as fast as he can, stays connected through the flood
+/// of four senders with 32-byte names, 100 000 short lines each (about 1 MB from each, 4 MB to
+/// him, far over any queue budget), receives them all in each sender's order, and carol's
+/// line; the senders stay too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_spares_the_reader() {
+    let server = testkit::start(exercise_07::run).await;
+    scenarios::flood_spares_the_reader(server.addr(), 4, 100_000, 0).await;
+}
+
+/// The same, one to one: alice alone floods bob with 300 000 short lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_flood_spares_the_reader() {
+    let server = testkit::start(exercise_07::run).await;
+    scenarios::flood_spares_the_reader(server.addr(), 1, 300_000, 0).await;
 }

@@ -1,8 +1,9 @@
 //! Step 06: the server of step 05, hardened. Every resource a client can make the server
-//! spend has a limit: line length, name length, time to log in, lines queued for a reader that
-//! does not keep up, open connections, and the time a graceful shutdown may take. Input that
-//! breaks the rules gets an `error: ...` line and the connection is closed; nothing a client
-//! sends can take the server down, slow down other clients, or keep the process alive.
+//! spend has a limit: line length, name length, time to log in, the bytes of a client's lines
+//! queued for others and not yet written (its credit), the time a client may stop reading,
+//! open connections, and the time a graceful shutdown may take. Input that breaks the rules gets an
+//! `error: ...` line and the connection is closed; nothing a client sends can take the server
+//! down, slow down other clients, or keep the process alive.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -15,7 +16,6 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
@@ -41,9 +41,16 @@ pub struct Config {
     pub max_line_len: usize,
     /// How long a new client has to send its name before it is closed.
     pub login_timeout: Duration,
-    /// How many lines may wait for one peer. A peer whose queue is full is too slow: it is
-    /// disconnected.
-    pub peer_queue_len: usize,
+    /// How many bytes of lines one client may have queued for others and not yet written to
+    /// their sockets: its credit. A line costs the bytes its recipients receive, `from NAME:
+    /// text\n` once per distinct destination (see [`line_cost`]); a reader without the credit
+    /// for its next line waits, and stops reading its client, until the recipients' writers
+    /// have written enough. The one who floods is the one who waits.
+    pub sender_budget: usize,
+    /// How long a write to a client may make no progress. A client that takes nothing for
+    /// that long has stopped reading: it is disconnected as too slow, and the credit its
+    /// queue held returns to its senders.
+    pub stall_timeout: Duration,
     /// How many events the readers may queue for the broker; a reader that finds the queue
     /// full waits (it stops reading its client) until the broker catches up.
     pub broker_queue_len: usize,
@@ -62,7 +69,8 @@ impl Default for Config {
         Config {
             max_line_len: 4096,
             login_timeout: Duration::from_secs(10),
-            peer_queue_len: 1024,
+            sender_budget: 256 * 1024,
+            stall_timeout: Duration::from_secs(5),
             broker_queue_len: 1024,
             max_connections: 10_000,
             grace_period: Duration::from_secs(10),
@@ -79,17 +87,36 @@ pub const MAX_NAME_LEN: usize = 32;
 /// closed.
 pub const MAX_DESTINATIONS: usize = 32;
 
+/// What one line costs its sender's credit for each distinct destination: the bytes of the
+/// line that destination receives, `from NAME: text\n`.
+pub fn line_cost(from: &str, text: &str) -> usize {
+    "from : \n".len() + from.len() + text.len()
+}
+
 /// How long the accept loop waits after `accept` failed before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 // ANCHOR_END: config
 
 impl Config {
     /// Checks that every limit can be used: counts are at least 1 (a queue of 0 cannot hold
-    /// anything, and tokio panics on one) and at most what tokio's semaphores can count.
+    /// anything, and tokio panics on one) and at most what tokio's semaphores can count, and
+    /// the sender budget pays for the costliest line (or a client that sent one would wait
+    /// for ever) and fits the `u32` a semaphore acquires at once.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        let costliest = MAX_DESTINATIONS * ("from : \n".len() + MAX_NAME_LEN + self.max_line_len);
+        if self.sender_budget < costliest || u32::try_from(self.sender_budget).is_err() {
+            return Err(format!(
+                "the sender budget must pay for a line of the longest kind to {MAX_DESTINATIONS} \
+                 destinations: between {costliest} and {} bytes with this max line length, not {}",
+                u32::MAX,
+                self.sender_budget
+            ));
+        }
+        if self.stall_timeout.is_zero() {
+            return Err("the stall timeout must be longer than 0".to_string());
+        }
         let counts = [
             ("max line length", self.max_line_len),
-            ("peer queue length", self.peer_queue_len),
             ("broker queue length", self.broker_queue_len),
             ("max connections", self.max_connections),
         ];
@@ -154,10 +181,11 @@ impl std::error::Error for GracePeriodExpired {}
 // ANCHOR_END: errors
 
 // ANCHOR: channels
-/// The sending end of the readers' channel to the broker and of each peer's queue. Both are
-/// bounded now: an unbounded queue lets one client make the server hold any amount of memory.
-/// (The disconnect channel stays unbounded: each writer sends on it once, so it never holds
-/// more than one entry per connection.)
+/// The sending end of the readers' channel to the broker. It is bounded now: an unbounded queue
+/// lets one client make the server hold any amount of memory. (Each peer's queue is unbounded
+/// as a channel but bounded by its senders' credit: see [`Queued`]. The disconnect channel
+/// stays unbounded: each writer sends on it once, so it never holds more than one entry per
+/// connection.)
 type Sender<T> = mpsc::Sender<T>;
 /// The receiving end of those channels.
 type Receiver<T> = mpsc::Receiver<T>;
@@ -300,7 +328,7 @@ impl Server {
     pub fn new(config: Config) -> Server {
         let (broker, events) = mpsc::channel(config.broker_queue_len);
         let tracker = TaskTracker::new();
-        tracker.spawn(broker_loop(events, tracker.clone(), config.peer_queue_len));
+        tracker.spawn(broker_loop(events, tracker.clone(), config.stall_timeout));
         Server {
             config,
             broker,
@@ -552,6 +580,11 @@ where
     }
     // ANCHOR_END: join
 
+    // ANCHOR: credit
+    // This client's credit: the bytes of its lines that may wait, queued for others and not
+    // yet written to their sockets.
+    let credit = Arc::new(Semaphore::new(config.sender_budget));
+    // ANCHOR_END: credit
     let farewell = loop {
         tokio::select! {
             // Shutdown is checked first, so a client that keeps sending cannot keep its
@@ -563,16 +596,40 @@ where
             }
             line = lines.next() => match line {
                 Some(Ok(line)) => match accept_message(&line) {
-                    // `send` waits while the broker's queue is full: this client is not read
-                    // meanwhile, which is the backpressure we want.
-                    Ok(Some(Message { dest, text })) => broker
-                        .send(Event::Message {
-                            from: name.clone(),
-                            dest,
-                            text,
-                        })
-                        .await
-                        .map_err(|_| BROKER_GONE)?,
+                    // ANCHOR: pay
+                    // The line is paid for before it goes: one share of `line_cost` per
+                    // distinct destination (a name written twice is delivered once). Without
+                    // the credit we wait, and so does this client's input: the flooder is
+                    // slowed to the pace its recipients read at. The credit comes back as
+                    // their writers write, or at once for a name nobody has.
+                    Ok(Some(Message { dest, text })) => {
+                        let distinct = dest
+                            .iter()
+                            .enumerate()
+                            .filter(|&(i, name)| !dest[..i].contains(name))
+                            .count();
+                        let cost = distinct * line_cost(&name, &text);
+                        // Fits: at most `MAX_DESTINATIONS` lines of the longest kind, which
+                        // `Config::validate` checked is within the budget and a `u32`.
+                        let cost = u32::try_from(cost).expect("validated: cost <= budget");
+                        // Never fails: nobody closes this semaphore.
+                        let credit = Arc::clone(&credit)
+                            .acquire_many_owned(cost)
+                            .await
+                            .map_err(|_| "the credit was closed")?;
+                        // `send` waits while the broker's queue is full: this client is not
+                        // read meanwhile, which is the backpressure we want.
+                        broker
+                            .send(Event::Message {
+                                from: name.clone(),
+                                dest,
+                                text,
+                                credit,
+                            })
+                            .await
+                            .map_err(|_| BROKER_GONE)?;
+                    }
+                    // ANCHOR_END: pay
                     Ok(None) => eprintln!("{name}: ignored a line without ':'"),
                     // A line that breaks a rule of its own ends the connection, as a line
                     // the codec refuses does (below).
@@ -730,12 +787,23 @@ enum Event {
     /// The session `id` of `name` broke a rule and is leaving: no more lines for it. Its
     /// queue closes once it holds everything routed to it before.
     Leave { name: String, id: u64 },
-    /// `from` sent `text` to the peers named in `dest`.
+    /// `from` sent `text` to the peers named in `dest`, and paid `credit` for it: one
+    /// [`line_cost`] per distinct name.
     Message {
         from: String,
         dest: Vec<String>,
         text: String,
+        credit: OwnedSemaphorePermit,
     },
+}
+
+/// A line waiting in a peer's queue, with the share of its sender's credit it holds: the
+/// credit goes back to the sender when the writer has written the line, or when the line is
+/// dropped (its peer left or was too slow).
+#[derive(Debug)]
+struct Queued {
+    line: String,
+    credit: OwnedSemaphorePermit,
 }
 // ANCHOR_END: event
 
@@ -745,19 +813,18 @@ enum Event {
 struct Peer {
     /// Which connection this is: a writer that ends removes the entry only if it is its own.
     id: u64,
-    /// The peer's queue, holding at most `peer_queue_len` lines.
-    queue: Sender<String>,
-    /// Cancelling it ends the peer's reader and writer at once.
-    close: CancellationToken,
+    /// The peer's queue. Unbounded as a channel: what it holds is paid for by its senders'
+    /// credit.
+    queue: mpsc::UnboundedSender<Queued>,
 }
 
 /// Owns the map from names to peers, routes messages, and removes a peer when its writer ends
-/// or when it falls too far behind.
+/// (the client left, or stopped reading for `stall_timeout`).
 ///
 /// One task owns the map, so no lock is needed: every change to it is an event handled here,
 /// one at a time. This task never waits for a peer: a slow client must not slow everyone
 /// else down. Writers are spawned on `tracker`, so `run` waits for them.
-async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_queue_len: usize) {
+async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, stall_timeout: Duration) {
     let mut peers: HashMap<String, Peer> = HashMap::new();
     // Writers send `(name, id, receiver)` here when they end.
     let (disconnect_sender, mut disconnect_receiver) = mpsc::unbounded_channel();
@@ -783,15 +850,28 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
         };
         match event {
             // ANCHOR: route
-            Event::Message { from, dest, text } => {
+            Event::Message {
+                from,
+                dest,
+                text,
+                mut credit,
+            } => {
                 for (i, name) in dest.iter().enumerate() {
                     // A name written twice gets the line once. The reader let through at most
                     // `MAX_DESTINATIONS` names, so this search stays short.
                     if dest[..i].contains(name) {
                         continue;
                     }
-                    deliver(&mut peers, name, format!("from {from}: {text}"));
+                    let line = format!("from {from}: {text}");
+                    // The reader paid one share per distinct name, so the share is there.
+                    // (`split` takes at most what is left, and we take no more than paid.)
+                    let Some(credit) = credit.split(line_cost(&from, &text)) else {
+                        continue;
+                    };
+                    deliver(&mut peers, name, Queued { line, credit });
                 }
+                // What is left of `credit` (the shares of names nobody has) is dropped here:
+                // it goes back to the sender at once.
             }
             // ANCHOR_END: route
             Event::Leave { name, id } => {
@@ -817,21 +897,28 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
                     let _ = login.send(Login::Taken(stream));
                 }
                 Entry::Vacant(entry) => {
-                    let (queue, mut receiver) = mpsc::channel(peer_queue_len);
+                    let (queue, mut receiver) = mpsc::unbounded_channel();
                     let name = entry.key().clone();
-                    entry.insert(Peer {
-                        id,
-                        queue,
-                        close: close.clone(),
-                    });
+                    entry.insert(Peer { id, queue });
                     // If the reader is gone, so is its end of `reader_gone`: the writer we
                     // start sees that and ends at once.
                     let _ = login.send(Login::Accepted);
                     let disconnect_sender = disconnect_sender.clone();
                     spawn_and_log_error(&tracker, async move {
-                        let result =
-                            until_closed(close, writer_loop(&mut receiver, stream, reader_gone))
-                                .await;
+                        let writer = writer_loop(&mut receiver, stream, reader_gone, stall_timeout);
+                        let result = match until_closed(close.clone(), writer).await {
+                            // ANCHOR: too_slow
+                            // The client stopped reading: its reader stops too, at its next
+                            // `await`, and the lines it did not take go back to the broker
+                            // below, which drops them and so returns their senders' credit.
+                            Err(e) if e.is::<TooSlow>() => {
+                                eprintln!("{name} is too slow: {e}; disconnecting it");
+                                close.cancel();
+                                Ok(())
+                            }
+                            // ANCHOR_END: too_slow
+                            result => result,
+                        };
                         // Hand the receiver back however the writer ended. This send fails
                         // only once the broker has ended, and then nobody needs the peer
                         // removed.
@@ -854,32 +941,22 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, peer_que
 // ANCHOR: slow_consumer
 /// Queues `line` for the peer called `name`, if it is connected, without ever waiting.
 ///
-/// The policy for a slow consumer: a peer whose queue is full has fallen `peer_queue_len`
-/// lines behind. It is disconnected at once and told nothing more (anything we wrote would
-/// wait behind the lines it is not reading). Its name is free again right away.
-fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: String) {
+/// The queue is unbounded as a channel, so the broker never waits and never finds it full:
+/// what it holds is bounded by the credit of its senders, each of whom waits for its lines to
+/// be written before it may send more. A peer is dropped for time, not for bytes: when its
+/// writer makes no progress for `stall_timeout` (see [`write_in_time`]).
+fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: Queued) {
     // ANCHOR: exercise_slow_consumer
-    // Queue the line without waiting, and drop a peer whose queue is full.
-    // Skip unknown names. Queue with `try_send`, never `send().await`; if the queue is full,
-    // cancel the peer's `close` token and remove it from the map.
+    // Queue the line without waiting.
+    // Skip unknown names (dropping the line returns its credit). Queue with `send` on the
+    // unbounded queue, which never waits; it fails only if the writer has ended.
     let Some(peer) = peers.get(name) else {
         return;
     };
-    match peer.queue.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            eprintln!(
-                "{name} is too slow: {} lines are waiting for it; disconnecting it",
-                peer.queue.max_capacity()
-            );
-            // Its reader and writer stop at their next `await`, even in the middle of a
-            // write that would never finish.
-            peer.close.cancel();
-            peers.remove(name);
-        }
+    if peer.queue.send(line).is_err() {
         // The writer has ended and its disconnect is on its way; the line is lost with the
-        // client.
-        Err(TrySendError::Closed(_)) => eprintln!("{name} is gone; a message to it was dropped"),
+        // client, and its credit returns to the sender.
+        eprintln!("{name} is gone; a message to it was dropped");
     }
     // ANCHOR_END: exercise_slow_consumer
 }
@@ -887,13 +964,14 @@ fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: String) {
 
 // ANCHOR: remove_peer
 /// Removes a peer whose writer ended, if the entry is still its own: the name may have been
-/// freed (the peer was too slow) and taken by a new session since, which must stay. Messages
-/// still queued cannot be written any more; the log counts them.
+/// freed (the peer broke a rule and left) and taken by a new session since, which must stay.
+/// Messages still queued cannot be written any more; the log counts them, and dropping them
+/// returns their credit to their senders.
 fn remove_peer(
     peers: &mut HashMap<String, Peer>,
     name: String,
     id: u64,
-    pending: Receiver<String>,
+    pending: mpsc::UnboundedReceiver<Queued>,
 ) {
     if let Entry::Occupied(entry) = peers.entry(name.clone()) {
         if entry.get().id == id {
@@ -917,11 +995,13 @@ fn remove_peer(
 /// stopped and handed over its half (at shutdown, or after a broken rule), it writes until the
 /// broker closes its channel, then the reader's `error:` line if there is one, then closes in
 /// order. (And it ends at once, wherever it is, when the connection's `close` token is
-/// cancelled: the caller runs it under `until_closed`.)
+/// cancelled: the caller runs it under `until_closed`.) Every write must make progress within
+/// `stall_timeout`, or the writer ends with [`TooSlow`].
 async fn writer_loop(
-    messages: &mut Receiver<String>,
+    messages: &mut mpsc::UnboundedReceiver<Queued>,
     stream: ClientWriter,
     mut reader_gone: oneshot::Receiver<Handover>,
+    stall_timeout: Duration,
 ) -> Result<()> {
     // The slot stays taken until this function returns and the socket is dropped.
     let ClientWriter { stream, _slot } = stream;
@@ -940,14 +1020,20 @@ async fn writer_loop(
             message = messages.recv() => match message {
                 Some(message) => {
                     // ANCHOR: batch
-                    // Everything else already queued goes out in the same write: one system
-                    // call for many lines. A writer that made one per line could fall behind
-                    // a client that reads perfectly well, and be dropped as too slow.
-                    lines.feed(message).await?;
-                    while let Ok(message) = messages.try_recv() {
-                        lines.feed(message).await?;
+                    // What else is queued goes out in the same write, up to `BATCH_BYTES`: one
+                    // system call for many lines. A writer that made one per line would hold
+                    // its senders up for nothing. The credit of the lines comes back once they
+                    // are written (the `Vec` is dropped at the end of this block).
+                    let mut batch = 0;
+                    let mut paid = Vec::new();
+                    let mut next = Some(message);
+                    while let Some(Queued { line, credit }) = next {
+                        batch += line.len() + 1;
+                        write_in_time(lines.feed(line), stall_timeout).await?;
+                        paid.push(credit);
+                        next = if batch < BATCH_BYTES { messages.try_recv().ok() } else { None };
                     }
-                    SinkExt::<String>::flush(&mut lines).await?;
+                    write_in_time(SinkExt::<String>::flush(&mut lines), stall_timeout).await?;
                     // ANCHOR_END: batch
                 }
                 None => break,
@@ -979,12 +1065,43 @@ async fn writer_loop(
     // The client broke a rule: it has had everything routed to it before its bad line; now
     // the error, and the end.
     if let Some(farewell) = farewell {
-        lines.send(farewell).await?;
+        write_in_time(lines.send(farewell), stall_timeout).await?;
     }
     close_in_order(lines.into_inner(), Some(input), linger).await;
     // ANCHOR_END: farewell
     Ok(())
 }
+
+/// How many bytes of lines a writer gathers into one write at most: hundreds of chat lines per
+/// system call, and a small part of a sender's budget, so credit comes back in steady steps.
+const BATCH_BYTES: usize = 16 * 1024;
+
+// ANCHOR: stall
+/// The error a writer ends with when its client took nothing for the stall timeout.
+#[derive(Debug)]
+struct TooSlow(Duration);
+
+impl fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a write made no progress for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for TooSlow {}
+
+/// Runs one step of writing to a client, a line into the codec's buffer (which writes the
+/// buffer out once it holds 8 KiB) or a flush, and gives up after `stall_timeout`: a client
+/// that reads takes a few KiB in far less, whatever anyone sends it.
+async fn write_in_time<F>(write: F, stall_timeout: Duration) -> Result<()>
+where
+    F: Future<Output = std::result::Result<(), LinesCodecError>>,
+{
+    match tokio::time::timeout(stall_timeout, write).await {
+        Ok(written) => Ok(written?),
+        Err(_elapsed) => Err(TooSlow(stall_timeout).into()),
+    }
+}
+// ANCHOR_END: stall
 // ANCHOR_END: writer_loop
 
 // ANCHOR: spawn_and_log_error
@@ -1185,14 +1302,18 @@ mod tests {
     }
 
     fn to_bob(text: &str) -> Event {
+        let credit = Arc::new(Semaphore::new(1024))
+            .try_acquire_many_owned(line_cost("alice", text) as u32)
+            .expect("a fresh semaphore has the credit");
         Event::Message {
             from: "alice".to_string(),
             dest: vec!["bob".to_string()],
             text: text.to_string(),
+            credit,
         }
     }
 
-    /// The reconnect race: `bob` is dropped as too slow, a new `bob` logs in, and only then
+    /// The reconnect race: `bob` breaks a rule and leaves, a new `bob` logs in, and only then
     /// does the old `bob`'s writer end. Its disconnect must not remove the new session (the
     /// connection id does not match), so messages keep reaching the new `bob`.
     ///
@@ -1205,32 +1326,43 @@ mod tests {
         let tracker = TaskTracker::new();
         let (old_bob, mut old) = new_peer("bob", 1, &slots);
         let (new_bob, mut new) = new_peer("bob", 2, &slots);
-        // A queue of 2: the third line finds it full (the old writer has not run yet).
+        // The old bob's reader sends `Leave` (it broke a rule) after one line was routed to it.
         let queued = [
             old_bob,
             to_bob("1"),
-            to_bob("2"),
-            to_bob("3"),
+            Event::Leave {
+                name: "bob".to_string(),
+                id: 1,
+            },
             new_bob,
             to_bob("for the new bob"),
         ];
         for event in queued {
             events.send(event).await.expect("the channel has room");
         }
-        tracker.spawn(broker_loop(receiver, tracker.clone(), 2));
+        tracker.spawn(broker_loop(
+            receiver,
+            tracker.clone(),
+            Duration::from_secs(5),
+        ));
         assert!(matches!(old.login.await, Ok(Login::Accepted)));
         assert!(
             matches!(new.login.await, Ok(Login::Accepted)),
-            "the old bob was dropped as too slow, so its name was free for the new one"
+            "the old bob left, so its name was free for the new one"
         );
-        // The old writer was closed before it wrote anything: its client sees the end. The
-        // writer's disconnect is sent in the same poll, before this test task runs again.
-        let old_lines: Vec<_> = tokio::time::timeout(Duration::from_secs(5), old.client.next())
+        // The old writer writes what was queued before `Leave`, then sees its queue closed
+        // and ends: its client sees the end. (The test keeps the handover's sender, so the
+        // writer closes as for a client that left.) The writer's disconnect is sent in the
+        // same poll, before this test task runs again.
+        let old_line = tokio::time::timeout(Duration::from_secs(5), old.client.next()).await;
+        assert!(
+            matches!(&old_line, Ok(Some(Ok(line))) if line == "from alice: 1"),
+            "the old bob got {old_line:?}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(5), old.client.next())
             .await
-            .expect("the old bob's connection should close")
-            .into_iter()
-            .collect();
-        assert!(old_lines.is_empty(), "the old bob got {old_lines:?}");
+            .expect("the old bob's connection should close");
+        assert!(end.is_none(), "the old bob got {end:?} after its line");
         // The broker handles the stale disconnect before this (it polls disconnects first).
         events
             .send(to_bob("after the stale disconnect"))
@@ -1257,7 +1389,11 @@ mod tests {
         assert_eq!(Config::default().validate(), Ok(()));
         for broken in [
             Config {
-                peer_queue_len: 0,
+                sender_budget: 1000,
+                ..Config::default()
+            },
+            Config {
+                stall_timeout: Duration::ZERO,
                 ..Config::default()
             },
             Config {

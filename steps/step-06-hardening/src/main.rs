@@ -180,7 +180,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         match flag {
             "max-line-len" => config.max_line_len = parse_count(&value).map_err(bad)?,
             "login-timeout" => config.login_timeout = parse_duration(&value).map_err(bad)?,
-            "queue-len" => config.peer_queue_len = parse_count(&value).map_err(bad)?,
+            "sender-budget" => config.sender_budget = parse_count(&value).map_err(bad)?,
+            "stall-timeout" => config.stall_timeout = parse_duration(&value).map_err(bad)?,
             "broker-queue-len" => config.broker_queue_len = parse_count(&value).map_err(bad)?,
             "max-connections" => config.max_connections = parse_count(&value).map_err(bad)?,
             "grace-period" => config.grace_period = parse_duration(&value).map_err(bad)?,
@@ -232,8 +233,10 @@ Arguments:
 Options:
   --max-line-len BYTES       longest line a client may send [default: {}]
   --login-timeout DURATION   time a new client has to send its name [default: {}s]
-  --queue-len LINES          lines that may wait for one client before it is dropped as too
-                             slow [default: {}]
+  --sender-budget BYTES      bytes of a client's lines that may wait for others before its
+                             reader waits [default: {}]
+  --stall-timeout DURATION   time a write to a client may make no progress before it is
+                             dropped as too slow [default: {}s]
   --broker-queue-len EVENTS  events readers may queue for the broker before they wait
                              [default: {}]
   --max-connections N        clients connected at once; one more gets `error: server full`
@@ -252,7 +255,8 @@ Exit codes: {EXIT_CLEAN} clean shutdown; {EXIT_FAILED} failed to start or failed
 ",
         d.max_line_len,
         d.login_timeout.as_secs(),
-        d.peer_queue_len,
+        d.sender_budget,
+        d.stall_timeout.as_secs(),
         d.broker_queue_len,
         d.max_connections,
         d.grace_period.as_secs(),
@@ -285,8 +289,8 @@ mod tests {
     #[test]
     fn every_flag() {
         let parsed = args(
-            "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --queue-len 7 \
-             --broker-queue-len=8 --max-connections 9 --grace-period 2m --linger=250ms",
+            "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --sender-budget 7000 \
+             --stall-timeout=3s --broker-queue-len=8 --max-connections 9 --grace-period 2m --linger=250ms",
         );
         assert_eq!(
             parsed,
@@ -295,7 +299,8 @@ mod tests {
                 config: Config {
                     max_line_len: 100,
                     login_timeout: Duration::from_millis(500),
-                    peer_queue_len: 7,
+                    sender_budget: 7000,
+                    stall_timeout: Duration::from_secs(3),
                     broker_queue_len: 8,
                     max_connections: 9,
                     grace_period: Duration::from_secs(120),
@@ -311,11 +316,13 @@ mod tests {
     fn bad_flags() {
         for (line, needle) in [
             ("--nope 1", "unknown flag `--nope`"),
-            ("--queue-len", "`--queue-len` needs a value"),
-            ("--queue-len ten", "--queue-len ten"),
+            ("--sender-budget", "`--sender-budget` needs a value"),
+            ("--sender-budget ten", "--sender-budget ten"),
             ("--grace-period 10", "unknown unit"),
             ("--grace-period 10h", "unknown unit `h`"),
-            ("--queue-len 0", "peer queue length"),
+            ("--sender-budget 1000", "sender budget must pay for a line"),
+            ("--stall-timeout 0s", "stall timeout"),
+            ("--broker-queue-len 0", "broker queue length"),
             ("a b", "unexpected argument `b`"),
         ] {
             match args(line) {
@@ -328,12 +335,13 @@ mod tests {
     /// `--help` lists every flag with its default.
     #[test]
     fn help_lists_every_flag() {
-        assert_eq!(args("--queue-len 5 --help"), Ok(Command::Help));
+        assert_eq!(args("--sender-budget 5 --help"), Ok(Command::Help));
         let help = help();
         for flag in [
             "--max-line-len BYTES       longest line a client may send [default: 4096]",
             "--login-timeout DURATION   time a new client has to send its name [default: 10s]",
-            "[default: 1024]",
+            "[default: 262144]",
+            "--stall-timeout DURATION",
             "--max-connections N",
             "[default: 10000]",
             "--grace-period DURATION    how long a graceful shutdown may take [default: 10s]",

@@ -10,9 +10,9 @@ use testkit::{Binary, Client, TIMEOUT, scenarios};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step-06");
 
-/// Queues long enough for the shutdown scenarios, whose recipients read nothing until the
+/// Credit and patience enough for the shutdown scenarios, whose recipients read nothing until the
 /// signal: they are about delivering what was read, not about slow consumers.
-const ROOMY: &[&str] = &["--queue-len", "1000000"];
+const ROOMY: &[&str] = &["--sender-budget", "4000000000", "--stall-timeout", "60m"];
 
 /// SIGINT right after the readiness line is handled gracefully (the handler is installed
 /// before the line is printed): exit code 0, not death by signal. Ten rounds, because a server
@@ -118,7 +118,18 @@ async fn stuck_writer(bin: &Binary, lines: usize) -> (Client, Client) {
 /// closed.
 #[tokio::test]
 async fn grace_period_bounds_the_shutdown() {
-    let mut bin = Binary::start(BIN, &["--grace-period", "1s", "--queue-len", "100000"]).await;
+    let mut bin = Binary::start(
+        BIN,
+        &[
+            "--grace-period",
+            "1s",
+            "--sender-budget",
+            "4000000000",
+            "--stall-timeout",
+            "60m",
+        ],
+    )
+    .await;
     let (mut slow, _flooder) = stuck_writer(&bin, 10_000).await;
     let signalled = Instant::now();
     bin.interrupt();
@@ -146,7 +157,18 @@ async fn grace_period_bounds_the_shutdown() {
 /// A second SIGINT during a stuck graceful shutdown exits at once with 130.
 #[tokio::test]
 async fn second_sigint_exits_at_once() {
-    let mut bin = Binary::start(BIN, &["--grace-period", "60s", "--queue-len", "100000"]).await;
+    let mut bin = Binary::start(
+        BIN,
+        &[
+            "--grace-period",
+            "60s",
+            "--sender-budget",
+            "4000000000",
+            "--stall-timeout",
+            "60m",
+        ],
+    )
+    .await;
     let (_slow, _flooder) = stuck_writer(&bin, 10_000).await;
     bin.interrupt();
     bin.expect_stderr("SIGINT received, shutting down").await;
@@ -162,7 +184,18 @@ async fn second_sigint_exits_at_once() {
 /// SIGTERM during a stuck graceful shutdown (here after SIGINT) exits at once with 143.
 #[tokio::test]
 async fn sigterm_after_sigint_exits_at_once() {
-    let mut bin = Binary::start(BIN, &["--grace-period", "60s", "--queue-len", "100000"]).await;
+    let mut bin = Binary::start(
+        BIN,
+        &[
+            "--grace-period",
+            "60s",
+            "--sender-budget",
+            "4000000000",
+            "--stall-timeout",
+            "60m",
+        ],
+    )
+    .await;
     let (_slow, _flooder) = stuck_writer(&bin, 10_000).await;
     bin.interrupt();
     bin.expect_stderr("SIGINT received, shutting down").await;
@@ -223,7 +256,8 @@ async fn help_lists_flags_and_exit_codes() {
     for needle in [
         "--max-line-len BYTES",
         "--login-timeout DURATION",
-        "--queue-len LINES",
+        "--sender-budget BYTES",
+        "--stall-timeout DURATION",
         "--broker-queue-len EVENTS",
         "--max-connections N",
         "--grace-period DURATION",
@@ -244,7 +278,7 @@ async fn help_lists_flags_and_exit_codes() {
 #[tokio::test]
 async fn bad_flag_exits_2() {
     for args in [
-        &["--queue-len", "lots"][..],
+        &["--sender-budget", "lots"][..],
         &["--no-such-flag", "1"],
         &["--grace-period", "5"],
     ] {

@@ -11,9 +11,9 @@ use testkit::{Binary, Client, TIMEOUT, scenarios};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step-07");
 
-/// Queues long enough for the shutdown scenarios, whose recipients read nothing until the
+/// Credit and patience enough for the shutdown scenarios, whose recipients read nothing until the
 /// signal: they are about delivering what was read, not about slow consumers.
-const ROOMY: &[&str] = &["--queue-bytes", "1000000000"];
+const ROOMY: &[&str] = &["--sender-budget", "4000000000", "--stall-timeout", "60m"];
 
 /// SIGINT right after the readiness line is handled gracefully (the handler is installed
 /// before the line is printed): exit code 0, not death by signal. Ten rounds, because a server
@@ -121,7 +121,14 @@ async fn stuck_writer(bin: &Binary, lines: usize) -> (Client, Client) {
 async fn grace_period_bounds_the_shutdown() {
     let mut bin = Binary::start(
         BIN,
-        &["--grace-period", "1s", "--queue-bytes", "1000000000"],
+        &[
+            "--grace-period",
+            "1s",
+            "--sender-budget",
+            "4000000000",
+            "--stall-timeout",
+            "60m",
+        ],
     )
     .await;
     let (mut slow, _flooder) = stuck_writer(&bin, 10_000).await;
@@ -153,7 +160,14 @@ async fn grace_period_bounds_the_shutdown() {
 async fn second_sigint_exits_at_once() {
     let mut bin = Binary::start(
         BIN,
-        &["--grace-period", "60s", "--queue-bytes", "1000000000"],
+        &[
+            "--grace-period",
+            "60s",
+            "--sender-budget",
+            "4000000000",
+            "--stall-timeout",
+            "60m",
+        ],
     )
     .await;
     let (_slow, _flooder) = stuck_writer(&bin, 10_000).await;
@@ -173,7 +187,14 @@ async fn second_sigint_exits_at_once() {
 async fn sigterm_after_sigint_exits_at_once() {
     let mut bin = Binary::start(
         BIN,
-        &["--grace-period", "60s", "--queue-bytes", "1000000000"],
+        &[
+            "--grace-period",
+            "60s",
+            "--sender-budget",
+            "4000000000",
+            "--stall-timeout",
+            "60m",
+        ],
     )
     .await;
     let (_slow, _flooder) = stuck_writer(&bin, 10_000).await;
@@ -236,7 +257,8 @@ async fn help_lists_flags_and_exit_codes() {
     for needle in [
         "--max-line-len BYTES",
         "--login-timeout DURATION",
-        "--queue-bytes BYTES",
+        "--sender-budget BYTES",
+        "--stall-timeout DURATION",
         "--broker-queue-len EVENTS",
         "--max-connections N",
         "--grace-period DURATION",
@@ -257,7 +279,7 @@ async fn help_lists_flags_and_exit_codes() {
 #[tokio::test]
 async fn bad_flag_exits_2() {
     for args in [
-        &["--queue-bytes", "lots"][..],
+        &["--sender-budget", "lots"][..],
         &["--no-such-flag", "1"],
         &["--grace-period", "5"],
     ] {

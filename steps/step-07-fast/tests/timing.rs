@@ -95,7 +95,11 @@ async fn login_timeout_only_applies_to_the_login() {
 #[tokio::test(start_paused = true)]
 async fn grace_period_ends_a_stuck_shutdown() {
     let grace_period = Duration::from_secs(10);
-    let server = Server::new(Config::default());
+    // Patient enough that the stuck client is not dropped as too slow first.
+    let server = Server::new(Config {
+        stall_timeout: Duration::from_secs(3600),
+        ..Config::default()
+    });
     // A 64-byte pipe: two lines fill it, the rest waits in the server.
     let mut slow = PipeClient::connect(&server, 64);
     slow.send("slow").await;
@@ -243,10 +247,10 @@ async fn error_line_comes_after_what_was_queued() {
     assert_eq!(got, expected);
 }
 
-/// A client that falls 10 000 short lines behind, ten times the 1024 lines step 06's queue
-/// held, is not dropped: they take about 350 KB of its 512 KiB queue. Once it reads, it gets
-/// every one of them, in order, and it is still connected. Twice: the second round fits only
-/// if reading the first gave its room back.
+/// A client that falls 10 000 short lines behind is not dropped: they take about 200 KB of
+/// the flooder's 256 KiB of credit. Once it reads, it gets every one of them, in order, and it
+/// is still connected. Twice: the second round fits only if reading the first gave the credit
+/// back.
 #[tokio::test(start_paused = true)]
 async fn queue_holds_many_short_lines() {
     let server = Server::new(Config::default());
@@ -281,4 +285,46 @@ async fn queue_holds_many_short_lines() {
         slow.next().await.as_deref(),
         Some("from flooder: still here?")
     );
+}
+
+/// A client that stops reading is dropped exactly when writes to it have made no progress for
+/// the stall timeout (5 s), not a moment before: at 4.99 s its name is still taken, and right
+/// after 5 s it is free. Meanwhile its sender is held up, not dropped: once the slow client is
+/// gone, the sender's next line is served.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout() {
+    let server = Server::new(Config::default());
+    // A 64-byte pipe: the first line fills it and the writer waits from then on.
+    let mut slow = PipeClient::connect(&server, 64);
+    slow.send("slow").await;
+    let mut alice = PipeClient::connect(&server, 64 * 1024);
+    alice.send("alice").await;
+    alice.send("alice: logged in").await;
+    assert_eq!(alice.next().await.as_deref(), Some("from alice: logged in"));
+    let start = Instant::now();
+    alice.send(&format!("slow: {}", "x".repeat(200))).await;
+    tokio::time::sleep(Duration::from_millis(4_990)).await;
+    let mut second = PipeClient::connect(&server, 1024);
+    second.send("slow").await;
+    assert_eq!(
+        second.next().await.as_deref(),
+        Some("error: name taken"),
+        "the slow client was dropped before the stall timeout was over"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    tokio::time::sleep_until(start + Duration::from_millis(5_001)).await;
+    let mut third = PipeClient::connect(&server, 1024);
+    third.send("slow").await;
+    alice.send("slow: welcome").await;
+    assert_eq!(
+        third.next().await.as_deref(),
+        Some("from alice: welcome"),
+        "the slow client should be gone 5 s after its writer stopped making progress"
+    );
+    // The old client gets the start of the line that stuck, then the end.
+    let mut rest = Vec::new();
+    while let Some(line) = slow.next().await {
+        rest.push(line);
+    }
+    assert!(rest.len() <= 1, "the slow client got {rest:?}");
 }

@@ -164,16 +164,25 @@ pub async fn closes_silent_login(addr: SocketAddr) {
 }
 
 /// A client that does not read while `lines` lines of about `line_len` bytes are sent to it is
-/// disconnected once its queue is full: it receives a gap-free prefix of them (the last one
-/// perhaps cut short) and then the end, not all of them. Meanwhile two other clients keep exchanging messages, each answered
-/// within [`TIMEOUT`] (a broker that waited for the slow client would stall them all). Its
-/// name is free again afterwards.
-pub async fn drops_slow_consumer(addr: SocketAddr, lines: usize, line_len: usize) {
+/// disconnected once the server's writes to it have made no progress for `stall_timeout`: it
+/// receives a gap-free prefix of them (the last one perhaps cut short) and then the end, not
+/// all of them. The flooder is slowed, not dropped: its lines wait for the slow client until
+/// then, so the flood lasts at least `stall_timeout`, and it is still connected afterwards.
+/// Meanwhile two other clients keep exchanging messages, each answered within [`TIMEOUT`] (a
+/// broker that waited for the slow client would stall them all). Its name is free again
+/// afterwards.
+pub async fn drops_slow_consumer(
+    addr: SocketAddr,
+    lines: usize,
+    line_len: usize,
+    stall_timeout: Duration,
+) {
     let mut slow = Client::login_with_small_buffer(addr, "slow").await;
     let mut alice = Client::login(addr, "alice").await;
     let mut bob = Client::login(addr, "bob").await;
     let mut flooder = Client::login(addr, "flooder").await;
     let padding = "x".repeat(line_len);
+    let started = tokio::time::Instant::now();
     let flood = tokio::spawn({
         let padding = padding.clone();
         async move {
@@ -183,7 +192,7 @@ pub async fn drops_slow_consumer(addr: SocketAddr, lines: usize, line_len: usize
             // The flooder's lines are read in order: once this comes back, all were routed.
             flooder.send("flooder: done").await;
             flooder.expect("from flooder: done").await;
-            flooder
+            (flooder, started.elapsed())
         }
     });
     let mut rounds = 0;
@@ -194,7 +203,12 @@ pub async fn drops_slow_consumer(addr: SocketAddr, lines: usize, line_len: usize
         alice.expect(&format!("from bob: pong {rounds}")).await;
         rounds += 1;
     }
-    let mut flooder = flood.await.expect("the flooder panicked");
+    let (mut flooder, flood_took) = flood.await.expect("the flooder panicked");
+    assert!(
+        flood_took >= stall_timeout,
+        "flooder: the flood was routed in {flood_took:?}, less than the stall timeout of \
+         {stall_timeout:?}: its lines did not wait for the slow client, so somebody else paid"
+    );
     let got = slow.lines_until_eof_within(Duration::from_secs(30)).await;
     assert!(
         got.len() < lines,

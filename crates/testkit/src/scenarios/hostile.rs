@@ -1,6 +1,7 @@
 //! Scenarios for the rules that keep one client from speaking as another or silencing another
 //! (step 06 on): no control character reaches a recipient, ordinary Unicode arrives byte for
-//! byte, and one line costs each recipient at most one line.
+//! byte, one line costs each recipient at most one line, and a flood slows its sender, not its
+//! recipient.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -177,4 +178,92 @@ pub async fn amplified_flood_spares_the_reader(addr: SocketAddr, max: usize) {
          than one line",
         2 * LINES
     );
+}
+
+/// The one who floods pays. `senders` clients, each with a name of 32 bytes (the longest the
+/// server adds to a line), each send bob `lines` lines of `line_len` bytes and more, in writes
+/// of a hundred lines, as fast as the server takes them: far more than any queue budget, and
+/// each line bob receives (`from alice...: ...`) is several times longer than the one sent.
+/// bob reads as fast as he can. He stays connected and receives every line of every sender,
+/// complete and in each sender's order, and carol's line sent after the flood; the senders are
+/// still connected afterwards (the server slowed them down instead).
+pub async fn flood_spares_the_reader(
+    addr: SocketAddr,
+    senders: usize,
+    lines: usize,
+    line_len: usize,
+) {
+    let mut bob = Client::login(addr, "bob").await;
+    let names: Vec<String> = (0..senders)
+        .map(|s| format!("alice{s}{}", "e".repeat(26)))
+        .collect();
+    let mut carol = Client::login(addr, "carol").await;
+    const MARK: &str = "from carol: after the flood";
+    let padding = "x".repeat(line_len);
+    let reader = tokio::spawn({
+        let (padding, names) = (padding.clone(), names.clone());
+        async move {
+            let mut next = vec![0; names.len()];
+            let mut marked = false;
+            while !marked || next.iter().any(|&n| n < lines) {
+                // Fails the test if the server closes bob's connection, as it did when bob's
+                // queue had a budget of its own that a flooder could fill.
+                let line = bob.recv().await;
+                if line == MARK && !marked {
+                    marked = true;
+                    continue;
+                }
+                let sender = names
+                    .iter()
+                    .position(|name| line.starts_with(&format!("from {name}: ")))
+                    .unwrap_or_else(|| {
+                        panic!("bob: unexpected line {:?}", &line[..line.len().min(60)])
+                    });
+                let i = next[sender];
+                assert_eq!(
+                    line,
+                    format!("from {}: {i}{padding}", names[sender]),
+                    "bob: the next line from {} should be its line {i}",
+                    names[sender]
+                );
+                next[sender] += 1;
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let mut floods = Vec::new();
+    for name in &names {
+        let mut sender = Client::login(addr, name).await;
+        let (padding, name) = (padding.clone(), name.clone());
+        floods.push(tokio::spawn(async move {
+            let mut batch = String::new();
+            for i in 0..lines {
+                batch.push_str(&format!("bob: {i}{padding}\n"));
+                if (i + 1) % 100 == 0 || i + 1 == lines {
+                    sender.send_bytes(batch.as_bytes()).await;
+                    batch.clear();
+                }
+            }
+            (sender, name)
+        }));
+    }
+    let mut flooders = Vec::new();
+    for flood in floods {
+        flooders.push(flood.await.expect("a sender panicked"));
+    }
+    eprintln!(
+        "{senders} senders: {lines} lines each taken in {:?}",
+        started.elapsed()
+    );
+    carol.send("bob: after the flood").await;
+    match tokio::time::timeout(Duration::from_secs(120), reader).await {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => std::panic::resume_unwind(panic.into_panic()),
+        Err(_) => panic!("bob: did not receive every line and `{MARK}` within 120 s"),
+    }
+    // Every sender's lines were delivered: each is still connected, and served at once.
+    for (mut sender, name) in flooders {
+        sender.send(&format!("{name}: still here")).await;
+        sender.expect(&format!("from {name}: still here")).await;
+    }
 }
