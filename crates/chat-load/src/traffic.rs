@@ -312,6 +312,12 @@ struct SendJob {
 
 async fn send(mut writer: OwnedWriteHalf, mut job: SendJob) -> Sent {
     let (count, error) = send_all(&mut writer, &mut job).await;
+    // Stopped because this client's receiver has ended, mostly because the server closed the
+    // connection: answer with our own end (FIN), as a well-behaved client does. A server that
+    // closes in order reads until it sees it, and would otherwise wait out its linger.
+    if job.stop.is_cancelled() {
+        let _ = tokio::time::timeout(job.stall, writer.shutdown()).await;
+    }
     Sent {
         count,
         error,

@@ -376,6 +376,14 @@ fn assert_shutdown_clean(step: &str, s: &Summary, finished: bool) {
     // Nothing lost: each recipient got exactly the accepted prefix of each of its 3 senders.
     assert_eq!(s.deliveries, accepted * 3, "{step}: {s:?}");
     assert!(s.exit_s.is_some() && s.closed_s.is_some(), "{step}: {s:?}");
+    // The tool's clients answer the server's end with their own, so a server that closes in
+    // order does not wait out its 2-second linger for them.
+    let exit_s = s.exit_s.expect("checked above");
+    assert!(
+        exit_s < 1.5,
+        "{step}: the server exited {exit_s} s after the signal: it waited for the tool's clients \
+         to close their side"
+    );
     assert!(
         s.read_before_signal.is_some() && s.read_but_undelivered.is_some(),
         "{step}: the TCP queues were not read: {s:?}"
