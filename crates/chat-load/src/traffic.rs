@@ -143,6 +143,8 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
     for conn in conns {
         // Each client's sender stops when its receiver sees the connection close.
         let closed = stop.child_token();
+        // Cancelled only when the server closed the connection (not at the run's deadline).
+        let server_closed = CancellationToken::new();
         receivers.push(tokio::spawn(receive(
             conn.reader,
             conn.index,
@@ -154,15 +156,16 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
             epoch,
             delivered.clone(),
             closed.clone(),
+            server_closed.clone(),
             abort.clone(),
         )));
         let bytes = Arc::new(AtomicU64::new(conn.written));
         written.push(bytes.clone());
         locals.push(conn.local);
-        writers.push((conn.index, conn.writer, closed, bytes));
+        writers.push((conn.index, conn.writer, closed, server_closed, bytes));
     }
     let started = Instant::now();
-    for (index, writer, closed, bytes) in writers {
+    for (index, writer, closed, server_closed, bytes) in writers {
         let destinations = names.destinations(plan.recipients(index));
         let pace = match pace {
             Pace::Flat => Pacing::Flat,
@@ -182,6 +185,7 @@ pub fn start(conns: Vec<Conn>, plan: Plan, names: &Names, spec: Spec) -> Running
             messages,
             pace,
             stop: closed,
+            server_closed,
             epoch,
             stall,
             offsets: record_offsets.then(Vec::new),
@@ -303,6 +307,8 @@ struct SendJob {
     messages: Option<u64>,
     pace: Pacing,
     stop: CancellationToken,
+    /// Cancelled when the server closed this client's connection.
+    server_closed: CancellationToken,
     epoch: Instant,
     stall: Duration,
     offsets: Option<Vec<u64>>,
@@ -312,10 +318,11 @@ struct SendJob {
 
 async fn send(mut writer: OwnedWriteHalf, mut job: SendJob) -> Sent {
     let (count, error) = send_all(&mut writer, &mut job).await;
-    // Stopped because this client's receiver has ended, mostly because the server closed the
-    // connection: answer with our own end (FIN), as a well-behaved client does. A server that
-    // closes in order reads until it sees it, and would otherwise wait out its linger.
-    if job.stop.is_cancelled() {
+    // The server closed the connection: answer with our own end (FIN), as a well-behaved
+    // client does. A server that closes in order reads until it sees it, and would otherwise
+    // wait out its linger. (Not at the run's deadline: a connection the server left open must
+    // stay open, so that the scenario can say so.)
+    if job.server_closed.is_cancelled() {
         let _ = tokio::time::timeout(job.stall, writer.shutdown()).await;
     }
     Sent {
@@ -338,6 +345,7 @@ async fn send_all(writer: &mut OwnedWriteHalf, job: &mut SendJob) -> (u64, Optio
         stall,
         ref mut offsets,
         ref bytes,
+        ..
     } = *job;
     let mut seq = 0;
     let mut total = bytes.load(Ordering::Relaxed);
@@ -409,6 +417,7 @@ async fn receive(
     epoch: Instant,
     delivered: Arc<AtomicU64>,
     closed: CancellationToken,
+    server_closed: CancellationToken,
     abort: CancellationToken,
 ) -> Got {
     let mut inbox = Inbox::new(me);
@@ -477,9 +486,13 @@ async fn receive(
         }
     };
     delivered.fetch_add(unflushed, Ordering::Relaxed);
+    let closed_at = (until == Until::Closed && result.is_ok()).then(Instant::now);
+    // Before `closed`: the sender, woken by it, looks at this one.
+    if closed_at.is_some() {
+        server_closed.cancel();
+    }
     // Whatever ended this receiver, its sender has no reason to keep writing.
     closed.cancel();
-    let closed_at = (until == Until::Closed && result.is_ok()).then(Instant::now);
     Got {
         inbox,
         latency,
@@ -529,6 +542,7 @@ mod tests {
             messages: Some(batches * BATCH),
             pace: Pacing::Flat,
             stop: CancellationToken::new(),
+            server_closed: CancellationToken::new(),
             epoch: Instant::now(),
             stall: Duration::from_secs(5),
             offsets: None,
