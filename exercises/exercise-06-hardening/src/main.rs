@@ -289,7 +289,8 @@ mod tests {
     fn every_flag() {
         let parsed = args(
             "0.0.0.0:9000 --max-line-len 100 --login-timeout=500ms --sender-budget 7000 \
-             --stall-timeout=3s --broker-queue-len=8 --max-connections 9 --grace-period 2m --linger=250ms",
+             --stall-timeout=3s --broker-queue-len=8 --max-connections 9 --grace-period 2m \
+             --linger=250ms",
         );
         assert_eq!(
             parsed,
@@ -344,7 +345,7 @@ mod tests {
             "--max-connections N",
             "[default: 10000]",
             "--grace-period DURATION    how long a graceful shutdown may take [default: 10s]",
-            "--linger DURATION          how long a closing connection waits for the client to close",
+            "--linger DURATION          how long a closing connection waits for the client",
         ] {
             assert!(
                 help.contains(flag),

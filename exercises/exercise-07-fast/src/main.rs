@@ -382,7 +382,7 @@ mod tests {
             "--max-connections N",
             "[default: 10000]",
             "--grace-period DURATION    how long a graceful shutdown may take [default: 10s]",
-            "--linger DURATION          how long a closing connection waits for the client to close",
+            "--linger DURATION          how long a closing connection waits for the client",
         ] {
             assert!(
                 help.contains(flag),
