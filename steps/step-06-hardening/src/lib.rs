@@ -946,10 +946,7 @@ async fn broker_loop(mut events: Receiver<Event>, tracker: TaskTracker, stall_ti
 /// be written before it may send more. A peer is dropped for time, not for bytes: when its
 /// writer makes no progress for `stall_timeout` (see [`write_in_time`]).
 fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: Queued) {
-    // ANCHOR: exercise_slow_consumer
-    // Queue the line without waiting.
-    // Skip unknown names (dropping the line returns its credit). Queue with `send` on the
-    // unbounded queue, which never waits; it fails only if the writer has ended.
+    // Unknown names are skipped: dropping the line returns its credit.
     let Some(peer) = peers.get(name) else {
         return;
     };
@@ -958,7 +955,6 @@ fn deliver(peers: &mut HashMap<String, Peer>, name: &str, line: Queued) {
         // client, and its credit returns to the sender.
         eprintln!("{name} is gone; a message to it was dropped");
     }
-    // ANCHOR_END: exercise_slow_consumer
 }
 // ANCHOR_END: slow_consumer
 
@@ -1096,10 +1092,15 @@ async fn write_in_time<F>(write: F, stall_timeout: Duration) -> Result<()>
 where
     F: Future<Output = std::result::Result<(), LinesCodecError>>,
 {
+    // ANCHOR: exercise_stall
+    // Give the write at most `stall_timeout`, then give up with `TooSlow`.
+    // Use `tokio::time::timeout`: `Ok` holds the write's own result (its error becomes ours
+    // with `?`); `Err` means the time ran out, and dropping the write cancels it.
     match tokio::time::timeout(stall_timeout, write).await {
         Ok(written) => Ok(written?),
         Err(_elapsed) => Err(TooSlow(stall_timeout).into()),
     }
+    // ANCHOR_END: exercise_stall
 }
 // ANCHOR_END: stall
 // ANCHOR_END: writer_loop
