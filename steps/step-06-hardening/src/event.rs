@@ -1,6 +1,6 @@
 //! What the tasks of step 06 send each other: the readers' events for the broker, the lines
 //! queued for each writer with the credit they hold, and the handover from a reader to its
-//! writer. Every other module speaks in these types.
+//! writer. The reader, the writer, the broker and the server speak in these types.
 
 use std::fmt;
 use std::time::Duration;
