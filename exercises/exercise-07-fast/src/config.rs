@@ -33,7 +33,8 @@ pub struct Config {
     pub login_timeout: Duration,
     /// How many bytes of lines one client may have queued for others and not yet written to
     /// their sockets: its credit, as in step 06. A reader pays for each batch of lines before
-    /// it goes (see [`batch_cost`]) and waits, not reading its client, without the credit.
+    /// it goes (see [`batch_cost`](crate::batch_cost)) and waits, not reading its client,
+    /// without the credit.
     pub sender_budget: usize,
     /// How long a write of one chunk to a client may take. A client that takes nothing for
     /// that long has stopped reading: it is disconnected as too slow.
@@ -44,7 +45,7 @@ pub struct Config {
     /// How many clients may be connected at once. One more gets `error: server full`.
     pub max_connections: usize,
     /// How long a graceful shutdown may take. After it, the remaining connections are closed
-    /// and [`run`] returns [`GracePeriodExpired`].
+    /// and [`run`](crate::run) returns [`GracePeriodExpired`].
     pub grace_period: Duration,
     /// How long a connection we close in order (at shutdown, or after an `error:` line) waits,
     /// after our FIN, for the client to close its side before the socket is closed anyway.
@@ -148,7 +149,8 @@ pub(crate) fn refusal(error: &LinesCodecError) -> Option<&'static str> {
     }
 }
 
-/// Returned by [`run`] when the grace period ran out before every connection was done.
+/// Returned by [`run`](crate::run) when the grace period ran out before every connection was
+/// done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GracePeriodExpired {
     /// The grace period that ran out.
