@@ -19,7 +19,7 @@
 mod config;
 
 // What a line may hold: login names, message lines and their rules.
-mod rules;
+mod protocol;
 
 // What the tasks send each other: events for the broker, queued lines, a reader's handover.
 mod event;
@@ -42,5 +42,5 @@ mod server;
 pub use config::{
     Config, Error, GracePeriodExpired, MAX_DESTINATIONS, MAX_NAME_LEN, Result, line_cost,
 };
-pub use rules::{Message, is_unsafe, parse_login, parse_message};
+pub use protocol::{Message, is_unsafe, parse_login, parse_message};
 pub use server::{Server, run, run_with};

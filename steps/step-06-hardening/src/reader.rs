@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::config::{Config, INVALID_NAME, LOGIN_TIMED_OUT, NAME_TAKEN, line_cost, refusal};
 use crate::event::{ClientWriter, Event, Handover, Login, Sender};
-use crate::rules::{Message, accept_message, parse_login};
+use crate::protocol::{Message, accept_message, parse_login};
 
 // ANCHOR: connection_loop
 // ANCHOR: close_in_order

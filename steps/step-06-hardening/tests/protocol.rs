@@ -1,7 +1,7 @@
 //! The rules for one value at a time, by example: how a message line is parsed, which login
 //! names pass, and which configurations can work. (`properties.rs` checks the same parser and
 //! name rules on thousands of random lines; the rules a message line must follow before it is
-//! routed are unit tests in `src/rules.rs`, because that check is private.)
+//! routed are unit tests in `src/protocol.rs`, because that check is private.)
 
 use std::time::Duration;
 
