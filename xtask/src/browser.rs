@@ -4,7 +4,8 @@
 //! Checked on every page: no raw `{{#` (a directive mdBook left unexpanded), no empty code block
 //! (a missing anchor renders as one), every image loaded (SVG diagrams included), every link
 //! inside the book pointing to a page and an id that exist, no code block wider than its box
-//! at the 1280 px window (a reader would scroll sideways). Then the search box must find
+//! at the 1280 px window (a reader would scroll sideways), no step chapter longer than
+//! [`MAX_STEP_WORDS`]. Then the search box must find
 //! `CancellationToken`. Screenshots of two chapters are saved for a person to look at.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +21,10 @@ mod webdriver;
 use server::Server;
 use webdriver::Browser;
 
+/// The most words a step chapter may have (main text and code, folded blocks excluded): one
+/// sitting. The Rust Book's longest chapters have about 10 000.
+pub const MAX_STEP_WORDS: u64 = 8_000;
+
 /// The word the search box must find.
 pub const SEARCH_TERM: &str = "CancellationToken";
 
@@ -34,6 +39,11 @@ function where(el) {
   }
   return h ? 'under "' + h.textContent.trim() + '"' : 'before the first heading';
 }
+// The length of the chapter as read: main text and code, folded blocks (`<details>`) and
+// mdBook's hidden lines excluded. Counted before the wide-code check opens the folds.
+const shownMain = (document.querySelector('main') || document.body).cloneNode(true);
+shownMain.querySelectorAll('details, .boring').forEach(e => e.remove());
+const words = shownMain.textContent.split(/\s+/).filter(w => w !== '').length;
 const text = document.body.innerText;
 const raw = [];
 for (let i = text.indexOf('{{#'); i >= 0 && raw.length < 10; i = text.indexOf('{{#', i + 3)) {
@@ -70,7 +80,7 @@ const links = [...document.querySelectorAll('a[href]')].map(a => ({
 }));
 const ids = [...document.querySelectorAll('[id]')].map(e => e.id)
   .concat([...document.querySelectorAll('a[name]')].map(e => e.getAttribute('name')));
-return { title: document.title, raw, emptyCode, wideCode, images, links, ids, codeBlocks: document.querySelectorAll('pre code').length };
+return { title: document.title, words, raw, emptyCode, wideCode, images, links, ids, codeBlocks: document.querySelectorAll('pre code').length };
 "#;
 
 /// One problem, named by page and element.
@@ -157,6 +167,7 @@ pub fn check(book_html_dir: &Path, out_dir: &Path, site_path: &str) -> Result<()
     let mut links: Vec<(String, String, String, String, Option<String>)> = Vec::new();
     let (mut image_count, mut code_count) = (0, 0);
     let mut toc_order: Vec<String> = Vec::new();
+    let mut step_words: Vec<String> = Vec::new();
 
     for page in &pages {
         let url = format!("{origin}/{page}");
@@ -193,6 +204,19 @@ pub fn check(book_html_dir: &Path, out_dir: &Path, site_path: &str) -> Result<()
             ));
         }
         code_count += audit["codeBlocks"].as_u64().unwrap_or(0);
+        if page.starts_with("step-") {
+            let words = audit["words"].as_u64().unwrap_or(0);
+            step_words.push(format!("{} {words}", page.trim_end_matches(".html")));
+            if words > MAX_STEP_WORDS {
+                problems.push(problem(
+                    page,
+                    format!(
+                        "is {words} words long (main text and code, folded blocks excluded); \
+                         a step chapter has at most {MAX_STEP_WORDS}, to be read in one sitting"
+                    ),
+                ));
+            }
+        }
         for img in audit["images"].as_array().into_iter().flatten() {
             image_count += 1;
             if img["ok"] != Value::Bool(true) {
@@ -370,6 +394,10 @@ pub fn check(book_html_dir: &Path, out_dir: &Path, site_path: &str) -> Result<()
         pages.len(),
         links.len()
     );
+    println!(
+        "browser check: words per step chapter (main text and code, folded blocks excluded): {}",
+        step_words.join(", ")
+    );
     for s in &shots {
         println!("browser check: screenshot {}", s.display());
     }
@@ -454,8 +482,8 @@ mod tests {
     }
 
     /// A book with a raw directive, an empty code block, a code block wider than its box, a
-    /// broken image, a dead link and a missing fragment (and no search) fails, naming each;
-    /// what is fine is not reported.
+    /// broken image, a dead link, a missing fragment and a step chapter too long to read in one
+    /// sitting (and no search) fails, naming each; what is fine is not reported.
     /// Needs Chromium and chromedriver: outside CI it says so and does nothing when they are
     /// missing; under CI (where `cargo xtask ci` installs them before the tests) it fails.
     #[test]
@@ -508,6 +536,27 @@ mod tests {
         )
         .unwrap();
 
+        // Two step chapters: one at the limit once its folded block is left out, one over it.
+        let words = |n: usize| "word ".repeat(n);
+        std::fs::write(
+            book.path().join("step-08-at-limit.html"),
+            format!(
+                "<!DOCTYPE html><html><body><main><p>{}</p><details><summary>diff</summary>\
+                 <pre><code>{}</code></pre></details></main></body></html>",
+                words(MAX_STEP_WORDS as usize),
+                words(50)
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            book.path().join("step-09-too-long.html"),
+            format!(
+                "<!DOCTYPE html><html><body><main><p>{}</p></main></body></html>",
+                words(MAX_STEP_WORDS as usize + 1)
+            ),
+        )
+        .unwrap();
+
         let e = format!("{:#}", check(book.path(), out.path(), "/").unwrap_err());
         for expected in [
             "index.html: shows a raw directive: {{#include ../steps/missing.rs:anchor}}",
@@ -519,6 +568,7 @@ mod tests {
             "index.html: requested /diagrams/missing.svg, which the book does not have (404)",
             "index.html: search: the page has no search button",
             "index.html: code block 6 under \"Code\" is ",
+            "step-09-too-long.html: is 8001 words long",
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }
@@ -530,13 +580,14 @@ mod tests {
             "code block 1 ",
             "code block 4",
             "code block 5",
+            "step-08-at-limit",
         ] {
             assert!(!e.contains(fine), "{fine} was reported but is fine:\n{e}");
         }
         assert_eq!(
             e.matches("\n  ").count(),
-            9,
-            "exactly the nine problems:\n{e}"
+            10,
+            "exactly the ten problems:\n{e}"
         );
         // No browser outlives the check.
         let profile_marker = "xtask-chromium-";

@@ -57,6 +57,7 @@ impl fmt::Debug for Handover {
     }
 }
 
+// ANCHOR: login_event
 /// The broker's answer to a login.
 #[derive(Debug)]
 pub(crate) enum Login {
@@ -94,6 +95,7 @@ pub(crate) enum Event {
         credit: OwnedSemaphorePermit,
     },
 }
+// ANCHOR_END: login_event
 
 /// A line waiting in a peer's queue, with the share of its sender's credit it holds: the
 /// credit goes back to the sender when the writer has written the line, or when the line is
