@@ -440,6 +440,10 @@ fn chapter_title(step: &Step) -> String {
     format!("Step {:02}: {topic}", step.number)
 }
 
+/// The most lines a source file of a step may have. A server that would need more is split into
+/// modules under `src/`, one role each, that its chapter can teach one at a time.
+pub const MAX_SOURCE_LINES: usize = 600;
+
 fn check_step_list(root: &Path, steps: &[Step], problems: &mut Vec<Problem>) -> Result<()> {
     let summary_path = root.join("book/SUMMARY.md");
     let summary = fs::read_to_string(&summary_path)
@@ -452,6 +456,21 @@ fn check_step_list(root: &Path, steps: &[Step], problems: &mut Vec<Problem>) -> 
         let manifest_path = root.join(step.rel_dir()).join("Cargo.toml");
         let manifest = fs::read_to_string(&manifest_path)
             .with_context(|| format!("reading {}", manifest_path.display()))?;
+        for file in workspace::files_with_ext(&root.join(step.rel_dir()).join("src"), "rs")? {
+            let text =
+                fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let lines = text.lines().count();
+            if lines > MAX_SOURCE_LINES {
+                problems.push(Problem {
+                    file: workspace::rel(root, &file),
+                    line: MAX_SOURCE_LINES + 1,
+                    message: format!(
+                        "{lines} lines; a step's source file has at most {MAX_SOURCE_LINES}: split \
+                         it into modules under src/, one role each (tests may go to tests/)"
+                    ),
+                });
+            }
+        }
         let expected = step.expected_package();
         if step.package.as_deref() != Some(expected.as_str()) {
             problems.push(Problem {
@@ -768,6 +787,32 @@ fn end_only() {}
              ```text\nplain output\n```\n\nEscaped: \\{{#include nothing.rs}}\n",
         );
         assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    /// A step's source file over the line limit is caught; one at the limit, and a long file
+    /// in the step's tests, are not.
+    #[test]
+    fn long_source_file() {
+        let f = Fixture::new();
+        f.write(
+            "steps/step-01-first/src/at_limit.rs",
+            &"// x\n".repeat(MAX_SOURCE_LINES),
+        );
+        f.write(
+            "steps/step-01-first/tests/long.rs",
+            &"// x\n".repeat(MAX_SOURCE_LINES * 2),
+        );
+        f.write(
+            "steps/step-01-first/src/too_long.rs",
+            &"// x\n".repeat(MAX_SOURCE_LINES + 1),
+        );
+        let p = f.chapter("# Step 01\n");
+        assert_one(
+            &p,
+            MAX_SOURCE_LINES + 1,
+            "601 lines; a step's source file has at most 600",
+        );
+        assert!(p[0].file.ends_with("src/too_long.rs"), "{p:#?}");
     }
 
     /// An include naming a file that does not exist is caught, with its line.
