@@ -37,7 +37,9 @@ pub fn check(root: &Path) -> Result<Vec<Problem>> {
         let text = fs::read_to_string(&md).with_context(|| format!("reading {}", md.display()))?;
         check_markdown(root, &md, &text, &mut problems);
     }
-    check_step_list(root, &workspace::steps(root)?, &mut problems)?;
+    let steps = workspace::steps(root)?;
+    check_step_list(root, &steps, &mut problems)?;
+    check_source_lengths(root, &steps, &mut problems)?;
     Ok(problems)
 }
 
@@ -402,7 +404,7 @@ fn normalize(path: &Path) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The step list: steps/ directories, package names, SUMMARY.md
+// The step list: steps/ directories, package names, SUMMARY.md; and the length of step sources
 
 /// The `(line, target)` of every `](target)` link in SUMMARY.md.
 fn summary_links(summary: &str) -> Vec<(usize, String)> {
@@ -442,20 +444,11 @@ fn chapter_title(step: &Step) -> String {
 
 /// The most lines a source file of a step may have. A server that would need more is split into
 /// modules under `src/`, one role each, that its chapter can teach one at a time.
-pub const MAX_SOURCE_LINES: usize = 600;
+const MAX_SOURCE_LINES: usize = 600;
 
-fn check_step_list(root: &Path, steps: &[Step], problems: &mut Vec<Problem>) -> Result<()> {
-    let summary_path = root.join("book/SUMMARY.md");
-    let summary = fs::read_to_string(&summary_path)
-        .with_context(|| format!("reading {}", summary_path.display()))?;
-    let summary_rel = PathBuf::from("book/SUMMARY.md");
-
-    let mut by_number: BTreeMap<u32, Vec<&Step>> = BTreeMap::new();
+/// Every source file of a step (its `src/`, not its `tests/`) is at most [`MAX_SOURCE_LINES`] long.
+fn check_source_lengths(root: &Path, steps: &[Step], problems: &mut Vec<Problem>) -> Result<()> {
     for step in steps {
-        by_number.entry(step.number).or_default().push(step);
-        let manifest_path = root.join(step.rel_dir()).join("Cargo.toml");
-        let manifest = fs::read_to_string(&manifest_path)
-            .with_context(|| format!("reading {}", manifest_path.display()))?;
         for file in workspace::files_with_ext(&root.join(step.rel_dir()).join("src"), "rs")? {
             let text =
                 fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -471,6 +464,22 @@ fn check_step_list(root: &Path, steps: &[Step], problems: &mut Vec<Problem>) -> 
                 });
             }
         }
+    }
+    Ok(())
+}
+
+fn check_step_list(root: &Path, steps: &[Step], problems: &mut Vec<Problem>) -> Result<()> {
+    let summary_path = root.join("book/SUMMARY.md");
+    let summary = fs::read_to_string(&summary_path)
+        .with_context(|| format!("reading {}", summary_path.display()))?;
+    let summary_rel = PathBuf::from("book/SUMMARY.md");
+
+    let mut by_number: BTreeMap<u32, Vec<&Step>> = BTreeMap::new();
+    for step in steps {
+        by_number.entry(step.number).or_default().push(step);
+        let manifest_path = root.join(step.rel_dir()).join("Cargo.toml");
+        let manifest = fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?;
         let expected = step.expected_package();
         if step.package.as_deref() != Some(expected.as_str()) {
             problems.push(Problem {

@@ -44,7 +44,7 @@ const STAGES: &[Stage] = &[
         run: starters_fail,
     },
     Stage {
-        name: "book sources (includes, anchors, code blocks, step list)",
+        name: "book sources (includes, anchors, code blocks, step list, source file lengths)",
         run: book_sources,
     },
     Stage {

@@ -34,7 +34,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "check-book",
-        "check the book's sources: includes, anchors, code blocks, step list, freshness",
+        "check the book's sources: includes, anchors, code blocks, step list, source file lengths, freshness",
     ),
     (
         "new-chapter",
