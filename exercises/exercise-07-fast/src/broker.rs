@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
 
+use crate::event::{Event, Login, Receiver};
 use crate::outbox::{PeerQueue, QueueReceiver, peer_queue, queue_cost};
 use crate::protocol::{destinations, split_message};
-use crate::reader::{Event, Login, Receiver};
-use crate::server::{spawn_and_log_error, until_closed};
+use crate::tasks::{spawn_and_log_error, until_closed};
 use crate::writer::{TooSlow, writer_loop};
 
 /// A connected peer, as the broker sees it.
@@ -216,8 +216,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::event::{ClientWriter, Handover};
     use crate::outbox::batch_cost;
-    use crate::reader::{ClientWriter, Handover};
 
     /// One side of a peer the test logs in by hand: the client's end of its pipe, and what
     /// its reader would hold.

@@ -16,8 +16,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::config::Result;
+use crate::event::{ClientWriter, Handover};
 use crate::outbox::{BATCH_BYTES, QueueReceiver};
-use crate::reader::{ClientWriter, Handover, close_in_order};
+use crate::reader::close_in_order;
 
 /// The error a writer ends with when its client took nothing for the stall timeout.
 #[derive(Debug)]

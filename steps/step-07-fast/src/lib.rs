@@ -5,11 +5,12 @@
 //! everything queued for its client in one write; and an idle connection holds small buffers
 //! only. (The binary also listens with a deeper backlog: see `main.rs`.)
 //!
-//! The code, in the order a reader meets it: the limits and error lines (`config`), what a line
-//! means (`protocol`) and how bytes become lines (`lines`); then the path of a message, from
-//! the `reader` of its sender through the `broker` into each recipient's `outbox`, and out
-//! through that recipient's `writer`; last the `server`, which accepts connections, starts those
-//! tasks and shuts them down.
+//! Read the modules in the order they are declared below: each uses only what the ones before
+//! it define. First the limits and error lines (`config`), what a line means (`protocol`), how
+//! bytes become lines (`lines`) and a peer's queue of bytes (`outbox`); then what the tasks
+//! send each other (`event`) and how they run (`tasks`); then the tasks themselves, the
+//! `reader`, the `writer` and the `broker`; last the `server`, which accepts connections,
+//! starts those tasks and shuts them down.
 
 // Every limit, the error lines, `Result`.
 mod config;
@@ -17,14 +18,18 @@ mod config;
 mod protocol;
 // `take_lines`: a read's bytes into lines.
 mod lines;
-// One client's reader task, and the events it sends the broker.
-mod reader;
-// The broker task: names to peers, routing.
-mod broker;
 // A peer's queue of bytes, shared by the broker and the peer's writer.
 mod outbox;
+// What the tasks send each other: events for the broker, a reader's handover.
+mod event;
+// How each task runs: tracked, its error logged, stopped by its connection's `close` token.
+mod tasks;
+// One client's reader task.
+mod reader;
 // One client's writer task.
 mod writer;
+// The broker task: names to peers, routing.
+mod broker;
 // `run`, the accept loop, the connection limit, the shutdown.
 mod server;
 

@@ -1,62 +1,22 @@
 //! The server: what every connection shares, the accept loop and its connection limit, the
-//! graceful shutdown within the grace period, and `run`, which ties them together. Also
-//! `spawn_and_log_error`, with which each connection's tasks are spawned, here and by the broker.
+//! graceful shutdown within the grace period, and `run`, which ties them together.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
-use tokio_util::future::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::broker_loop;
 use crate::config::{ACCEPT_BACKOFF, Config, GracePeriodExpired, Result, SERVER_FULL};
-use crate::reader::{Connection, Event, Sender, connection_loop, refuse};
-
-// ANCHOR: spawn_and_log_error
-/// Spawns `fut` on `tracker` and logs its error, if any, instead of losing it.
-///
-/// A task's error goes nowhere unless someone awaits its `JoinHandle`, and the accept loop
-/// never does. Logging here means one failing connection is reported and nothing else happens.
-/// Spawning on the tracker (never with a plain `tokio::spawn`, which it would not see) lets
-/// `run` wait for the task.
-pub(crate) fn spawn_and_log_error<F>(tracker: &TaskTracker, fut: F) -> JoinHandle<()>
-where
-    F: Future<Output = Result<()>> + Send + 'static,
-{
-    // ANCHOR: no_double
-    // `map`, not `async move { fut.await }`: an async block keeps the future it captured
-    // and, once awaited, a second copy of it, so each such wrapper doubles the memory of
-    // every connection's task. A combinator holds `fut` once.
-    tracker.spawn(fut.map(|result| {
-        if let Err(e) = result {
-            eprintln!("connection failed: {e}");
-        }
-    }))
-    // ANCHOR_END: no_double
-}
-
-/// Runs `fut` until it ends or `close` is cancelled, whichever comes first. Dropping `fut`
-/// drops whatever it holds, sockets included: that is how a stuck connection is closed.
-///
-/// Not an `async fn`, for the same reason as above: `with_cancellation_token_owned` is a
-/// plain future that holds `fut` once, where `async fn` + `run_until_cancelled` held it
-/// twice, and `run_until_cancelled`, itself an `async fn`, twice again.
-pub(crate) fn until_closed<F>(close: CancellationToken, fut: F) -> impl Future<Output = Result<()>>
-where
-    F: Future<Output = Result<()>>,
-{
-    fut.with_cancellation_token_owned(close)
-        .map(|finished| finished.unwrap_or(Ok(())))
-}
-// ANCHOR_END: spawn_and_log_error
+use crate::event::{Event, Sender};
+use crate::reader::{Connection, connection_loop, refuse};
+use crate::tasks::{spawn_and_log_error, until_closed};
 
 // ANCHOR: grace_period
 /// Waits until every task on `tracker` is done, for at most `grace_period`. Then it cancels
@@ -275,27 +235,3 @@ pub async fn run_with(
     server.shut_down().await
 }
 // ANCHOR_END: run
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `until_closed` holds the future it wraps once: every connection's task is about the
-    /// size of its own state, not two or four times that.
-    #[test]
-    fn until_closed_holds_the_future_once() {
-        let big = async {
-            let state = [1u8; 4096];
-            tokio::task::yield_now().await;
-            assert_eq!(state[4095], 1);
-            Ok(())
-        };
-        let alone = std::mem::size_of_val(&big);
-        let wrapped = std::mem::size_of_val(&until_closed(CancellationToken::new(), big));
-        assert!(alone >= 4096);
-        assert!(
-            wrapped < alone + 256,
-            "a {alone}-byte future takes {wrapped} bytes once wrapped"
-        );
-    }
-}
